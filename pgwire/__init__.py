@@ -1,0 +1,11 @@
+"""pgwire — PostgreSQL wire protocol for proxies, poolers and fake servers.
+
+The protocol core is re-exported here: ``pgwire.Frontend`` (you are the
+client), ``pgwire.Backend`` (you are the server), every message class, and the
+errors. Subpackages hold the rest.
+"""
+
+from .protocol import *  # noqa: F403
+from .protocol import __all__ as __all__
+
+__version__ = "0.1.0"

@@ -1,0 +1,215 @@
+"""Incremental framing: cut a byte stream into messages without copying.
+
+:class:`ReceiveBuffer` accepts chunks of any size and hands back frames as
+(type byte, buffer, start, end) so callers can decode in place or forward the
+frame untouched. Feeding a stream one byte at a time yields exactly the
+frames that feeding it whole does. Nothing is allocated in proportion to a
+length word until that many bytes have actually arrived: a partial message is
+kept as the list of chunks received so far and joined once, when complete.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._codec import MAX_PROTOCOL_MESSAGE_LENGTH, unpack_int32
+from ._errors import SQLSTATE_PROGRAM_LIMIT_EXCEEDED, RemoteProtocolError
+
+__all__ = ["RawMessage", "ReceiveBuffer"]
+
+_EMPTY: Final = b""
+
+
+class RawMessage:
+    """A message that was framed but not decoded.
+
+    ``type_code`` is the one-byte type; :attr:`body` and :attr:`frame` are
+    zero-copy views of the received bytes, so a proxy can forward a frame
+    without decoding it. Connections decode it on request
+    (``connection.decode(raw)``).
+    """
+
+    __slots__ = ("_buf", "_end", "_start", "type_code")
+
+    type_code: bytes
+
+    def __init__(self, type_code: bytes, buf: bytes, start: int, end: int) -> None:
+        self.type_code = type_code
+        self._buf = buf
+        self._start = start
+        self._end = end
+
+    @property
+    def body(self) -> memoryview:
+        """The message body (after the length word)."""
+        return memoryview(self._buf)[self._start : self._end]
+
+    @property
+    def frame(self) -> memoryview:
+        """The whole message: type byte, length word and body."""
+        return memoryview(self._buf)[self._start - 5 : self._end]
+
+    def __bytes__(self) -> bytes:
+        return self._buf[self._start - 5 : self._end]
+
+    def __len__(self) -> int:
+        return self._end - self._start + 5
+
+    def __repr__(self) -> str:
+        return f"RawMessage(type_code={self.type_code!r}, body_length={self._end - self._start})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RawMessage):
+            return NotImplemented
+        return bytes(self) == bytes(other)
+
+    def __hash__(self) -> int:
+        return hash(bytes(self))
+
+
+class ReceiveBuffer:
+    """Bytes received from a peer and not yet consumed.
+
+    ``max_message_size`` caps the body of any typed message; ``limits``
+    lowers the cap for particular type bytes (as PostgreSQL caps Sync,
+    Terminate and friends at 10,000 bytes).
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_chunks_size",
+        "_data",
+        "_limits",
+        "_pos",
+        "_unchecked_length",
+        "max_message_size",
+    )
+
+    def __init__(
+        self,
+        max_message_size: int = MAX_PROTOCOL_MESSAGE_LENGTH - 4,
+        limits: dict[bytes, int] | None = None,
+    ) -> None:
+        self._data = _EMPTY
+        self._pos = 0
+        self._chunks: list[bytes] = []
+        self._chunks_size = 0
+        if max_message_size < 0:
+            raise ValueError("max_message_size must not be negative")
+        self.max_message_size = max_message_size
+        self._limits: dict[bytes, int] = dict(limits or {})
+        # Length words up to this value need no limit check at all (fast path).
+        self._unchecked_length = min([max_message_size, *self._limits.values()]) + 4
+
+    def __len__(self) -> int:
+        return len(self._data) - self._pos + self._chunks_size
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes (copied only if mutable)."""
+        if not data:
+            return
+        chunk = data if type(data) is bytes else bytes(data)
+        if self._pos >= len(self._data) and not self._chunks:
+            self._data = chunk
+            self._pos = 0
+        else:
+            self._chunks.append(chunk)
+            self._chunks_size += len(chunk)
+
+    def _ensure(self, size: int) -> bool:
+        """Make ``size`` bytes contiguous at ``_pos`` if that many have arrived."""
+        if len(self._data) - self._pos >= size:
+            return True
+        if len(self._data) - self._pos + self._chunks_size < size:
+            return False
+        self._chunks.insert(0, self._data[self._pos :])
+        self._data = _EMPTY.join(self._chunks)
+        self._pos = 0
+        self._chunks.clear()
+        self._chunks_size = 0
+        return True
+
+    def peek_byte(self) -> int | None:
+        """The next unread byte, or None if nothing is buffered."""
+        if not self._ensure(1):
+            return None
+        return self._data[self._pos]
+
+    def next_frame(self) -> RawMessage | None:
+        """The next complete typed message, or None until more bytes arrive.
+
+        Raises :class:`RemoteProtocolError` as soon as a length word is
+        invalid or over the limit, before waiting for the body.
+        """
+        data = self._data
+        pos = self._pos
+        if len(data) - pos < 5 and not self._ensure(5):
+            return None
+        data = self._data
+        pos = self._pos
+        type_code = data[pos : pos + 1]
+        length = unpack_int32(data, pos + 1)[0]
+        end = pos + 1 + length
+        if end > len(data) or length > self._unchecked_length:
+            self._check_length(type_code, length)
+            if end > len(data):
+                if not self._ensure(1 + length):
+                    return None
+                data = self._data
+                pos = self._pos
+                end = pos + 1 + length
+        elif length < 4:
+            self._check_length(type_code, length)
+        self._pos = end
+        return RawMessage(type_code, data, pos + 5, end)
+
+    def _check_length(self, type_code: bytes, length: int) -> None:
+        if length < 4:
+            raise RemoteProtocolError(
+                f"invalid message length {length} for message type {type_code!r}"
+            )
+        body = length - 4
+        limit = self._limits.get(type_code, self.max_message_size)
+        if body > limit:
+            if limit < self.max_message_size:
+                raise RemoteProtocolError(
+                    f"invalid message length {length} for message type {type_code!r}"
+                )
+            raise RemoteProtocolError(
+                f"message of type {type_code!r} with {body} bytes exceeds the maximum "
+                f"message size of {limit} bytes",
+                SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
+            )
+
+    def next_untyped(self, max_body: int) -> tuple[bytes, int, int] | None:
+        """The next length-prefixed packet without a type byte (startup phase).
+
+        Returns ``(buffer, body_start, body_end)``. A length word below 8 or a
+        body over ``max_body`` raises :class:`RemoteProtocolError` at once.
+        """
+        if not self._ensure(4):
+            return None
+        length = unpack_int32(self._data, self._pos)[0]
+        if length < 8 or length - 4 > max_body:
+            raise RemoteProtocolError(f"invalid length of startup packet: {length}")
+        if not self._ensure(length):
+            return None
+        start = self._pos
+        self._pos = start + length
+        return self._data, start + 4, start + length
+
+    def next_byte(self) -> bytes | None:
+        """Consume one unframed byte (the answer to SSLRequest/GSSENCRequest)."""
+        if not self._ensure(1):
+            return None
+        pos = self._pos
+        self._pos = pos + 1
+        return self._data[pos : pos + 1]
+
+    def take_all(self) -> bytes:
+        """Remove and return everything buffered (e.g. to hand it to a TLS layer)."""
+        self._ensure(len(self))
+        rest = self._data[self._pos :]
+        self._data = _EMPTY
+        self._pos = 0
+        return rest
