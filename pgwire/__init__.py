@@ -5,7 +5,8 @@ client), ``pgwire.Backend`` (you are the server), every message class, and the
 errors. Subpackages hold the rest.
 """
 
+from . import protocol
 from .protocol import *  # noqa: F403
-from .protocol import __all__ as __all__
 
+__all__ = protocol.__all__
 __version__ = "0.1.0"

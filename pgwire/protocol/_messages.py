@@ -1341,27 +1341,41 @@ class FunctionCallResponse(Message):
 
 @_message
 class NegotiateProtocolVersion(Message):
-    """The server supports only an older minor version, or not these ``_pq_.`` options."""
+    """The server supports only an older minor version, or not these ``_pq_.`` options.
+
+    On the wire the version is a full protocol number (``3 << 16 | minor``),
+    as PostgreSQL sends it and libpq reads it; the field holds the minor part.
+    """
 
     type_code: ClassVar[bytes] = b"v"
     newest_minor_version: int
     unrecognized_options: tuple[str, ...] = ()
 
     def _encode_body(self, encoding: str) -> bytes:
+        if not 0 <= self.newest_minor_version <= 0xFFFF:
+            raise LocalProtocolError(
+                f"minor version {self.newest_minor_version} is outside 0..65535",
+                SQLSTATE_INVALID_PARAMETER_VALUE,
+            )
         return (
-            pack_checked(INT32, "minor version", self.newest_minor_version)
+            INT32.pack((3 << 16) | self.newest_minor_version)
             + pack_checked(INT32, "option count", len(self.unrecognized_options))
             + b"".join(encode_cstring(o, encoding) for o in self.unrecognized_options)
         )
 
     @classmethod
     def _decode(cls, reader: Reader) -> NegotiateProtocolVersion:
-        minor = reader.int32()
+        version = reader.int32()
+        if version >> 16 != 3:
+            raise RemoteProtocolError(
+                f"NegotiateProtocolVersion offers protocol {version >> 16}.{version & 0xFFFF}; "
+                "only major version 3 exists"
+            )
         count = reader.int32()
         if count < 0 or count > reader.remaining:
             raise RemoteProtocolError(f"invalid option count {count} in NegotiateProtocolVersion")
         options = tuple(reader.cstring() for _ in range(count))
-        return cls(newest_minor_version=minor, unrecognized_options=options)
+        return cls(newest_minor_version=version & 0xFFFF, unrecognized_options=options)
 
 
 # ---------------------------------------------------------------------------

@@ -526,7 +526,11 @@ class Conversation:
             raise Violation("NegotiateProtocolVersion after authentication began")
         if end - start < 8:
             raise Violation("NegotiateProtocolVersion too short")
-        minor = unpack_int32(buf, start)[0]
+        version = unpack_int32(buf, start)[0]
+        if version >> 16 != 3:
+            raise Violation(f"NegotiateProtocolVersion offers protocol {version >> 16}."
+                            f"{version & 0xFFFF}; only major version 3 exists")
+        minor = version & 0xFFFF
         count = unpack_int32(buf, start + 4)[0]
         options = buf[start + 8 : end].split(b"\0")
         if count < 0 or len(options) != count + 1 or options[-1] != b"":
