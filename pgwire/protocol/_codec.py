@@ -23,6 +23,7 @@ UINT16: Final = struct.Struct("!H")
 INT32: Final = struct.Struct("!i")
 UINT32: Final = struct.Struct("!I")
 INT64: Final = struct.Struct("!q")
+UINT64: Final = struct.Struct("!Q")
 HEADER: Final = struct.Struct("!ci")
 
 unpack_int16 = INT16.unpack_from
@@ -30,6 +31,7 @@ unpack_uint16 = UINT16.unpack_from
 unpack_int32 = INT32.unpack_from
 unpack_uint32 = UINT32.unpack_from
 unpack_int64 = INT64.unpack_from
+unpack_uint64 = UINT64.unpack_from
 
 
 def insufficient_data() -> RemoteProtocolError:
@@ -84,6 +86,10 @@ class Reader:
 
     def int64(self) -> int:
         result: int = unpack_int64(self.buf, self._need(8))[0]
+        return result
+
+    def uint64(self) -> int:
+        result: int = unpack_uint64(self.buf, self._need(8))[0]
         return result
 
     def count(self) -> int:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._codec import MAX_PROTOCOL_MESSAGE_LENGTH, unpack_int32
+from ._codec import HEADER, MAX_PROTOCOL_MESSAGE_LENGTH, unpack_int32
 from ._errors import SQLSTATE_PROGRAM_LIMIT_EXCEEDED, RemoteProtocolError
+from ._messages import DataRow, decode_data_rows
 
 __all__ = ["RawMessage", "ReceiveBuffer"]
 
 _EMPTY: Final = b""
+unpack_header = HEADER.unpack_from
 
 
 class RawMessage:
@@ -97,7 +99,10 @@ class ReceiveBuffer:
         if max_message_size < 0:
             raise ValueError("max_message_size must not be negative")
         self.max_message_size = max_message_size
-        self._limits: dict[bytes, int] = dict(limits or {})
+        # A per-type cap only ever lowers the general one.
+        self._limits: dict[bytes, int] = {
+            code: min(limit, max_message_size) for code, limit in (limits or {}).items()
+        }
         # Length words up to this value need no limit check at all (fast path).
         self._unchecked_length = min([max_message_size, *self._limits.values()]) + 4
 
@@ -143,25 +148,38 @@ class ReceiveBuffer:
         """
         data = self._data
         pos = self._pos
-        if len(data) - pos < 5 and not self._ensure(5):
+        if len(data) - pos >= 5:
+            type_code, length = unpack_header(data, pos)
+            end = pos + 1 + length
+            if end <= len(data) and 4 <= length <= self._unchecked_length:
+                self._pos = end
+                return RawMessage(type_code, data, pos + 5, end)
+        return self._next_frame_slow()
+
+    def _next_frame_slow(self) -> RawMessage | None:
+        if not self._ensure(5):
             return None
-        data = self._data
+        type_code, length = unpack_header(self._data, self._pos)
+        self._check_length(type_code, length)
+        if not self._ensure(1 + length):
+            return None
         pos = self._pos
-        type_code = data[pos : pos + 1]
-        length = unpack_int32(data, pos + 1)[0]
         end = pos + 1 + length
-        if end > len(data) or length > self._unchecked_length:
-            self._check_length(type_code, length)
-            if end > len(data):
-                if not self._ensure(1 + length):
-                    return None
-                data = self._data
-                pos = self._pos
-                end = pos + 1 + length
-        elif length < 4:
-            self._check_length(type_code, length)
         self._pos = end
-        return RawMessage(type_code, data, pos + 5, end)
+        return RawMessage(type_code, self._data, pos + 5, end)
+
+    def data_rows(self, columns: int, max_rows: int) -> list[DataRow]:
+        """Consume and decode a run of complete, well-formed DataRow frames.
+
+        Returns ``[]`` when the next frame is anything else (or incomplete or
+        malformed): :meth:`next_frame` then takes it and reports errors.
+        ``columns`` (``-1``: unknown) is the column count every row must have.
+        """
+        rows, self._pos = decode_data_rows(
+            self._data, self._pos, len(self._data), self.max_message_size, columns, max_rows,
+            DataRow,
+        )
+        return rows
 
     def _check_length(self, type_code: bytes, length: int) -> None:
         if length < 4:
@@ -171,7 +189,7 @@ class ReceiveBuffer:
         body = length - 4
         limit = self._limits.get(type_code, self.max_message_size)
         if body > limit:
-            if limit < self.max_message_size:
+            if limit < self.max_message_size:  # a protocol cap, not the configured size
                 raise RemoteProtocolError(
                     f"invalid message length {length} for message type {type_code!r}"
                 )

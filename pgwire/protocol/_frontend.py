@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection
 from typing import ClassVar, Final
 
@@ -14,6 +15,7 @@ from ._messages import (
     FRONTEND_TYPED_CLASSES,
     BackendKeyData,
     CancelRequest,
+    DataRow,
     Decoder,
     GSSENCRequest,
     GSSENCResponse,
@@ -34,6 +36,7 @@ _LONG_TYPES: Final = b"DTdVENA"
 _SHORT_LIMIT: Final = 30000 - 4
 _FRONTEND_TYPED: Final = frozenset(b"QPBDECSHFXdcfp")
 _READY: Final = Phase.READY
+_ROW_BATCH: Final = 1024
 
 FrontendEvent = Message | RawMessage | ConnectionClosed | type[NeedData]
 
@@ -52,7 +55,7 @@ class Frontend(Connection):
 
     _DECODERS: ClassVar[dict[bytes, Decoder]] = BACKEND_MESSAGES
 
-    __slots__ = ("backend_key", "parameters")
+    __slots__ = ("_decode_rows", "_rows", "backend_key", "parameters")
 
     def __init__(
         self,
@@ -66,6 +69,9 @@ class Frontend(Connection):
         self.parameters: dict[str, str] = {}
         #: (process_id, secret_key) from BackendKeyData, once received.
         self.backend_key: tuple[int, bytes] | None = None
+        # DataRows decoded in a batch and not yet returned (see _next_event).
+        self._rows: deque[DataRow] = deque()
+        self._decode_rows = self._wants_decoded(b"D")
 
     # -- sending -------------------------------------------------------------------
 
@@ -121,6 +127,11 @@ class Frontend(Connection):
 
     def _next_event(self) -> FrontendEvent:
         conversation = self._conversation
+        if self._rows:
+            if conversation.phase is _READY and conversation.rows_allowed():
+                return self._rows.popleft()
+            self._rows.clear()  # what the per-message path would do with them:
+            conversation.backend_message(0x44, b"", 0, 0)
         phase = conversation.phase
         buffer = self._buffer
         if phase is Phase.SSL_NEGOTIATION or phase is Phase.GSSENC_NEGOTIATION:
@@ -132,13 +143,21 @@ class Frontend(Connection):
                     if phase is Phase.STARTUP else "server sent data after a CancelRequest"
                 )
             return self._end_of_stream()
+        if self._decode_rows and conversation.phase is _READY and conversation.rows_allowed():
+            # Result sets are the hot path: decode a whole run of rows in one
+            # call and hand them out one by one (same events, fewer dispatches).
+            batch = buffer.data_rows(conversation.row_columns, _ROW_BATCH)
+            if batch:
+                self._rows = rows = deque(batch)
+                return rows.popleft()
         frame = buffer.next_frame()
         if frame is None:
             return self._end_of_stream()
         code = frame.type_code
         buf, start, end = frame._buf, frame._start, frame._end
         if code == b"D" and conversation.phase is _READY and conversation.rows_allowed():
-            if self._decode_all or code in self._decode_set:
+            if self._decode_rows:
+                # A row the batch decoder left: it spans chunks, or it is malformed.
                 row = decode_data_row(buf, start, end)
                 columns = conversation.row_columns
                 if columns >= 0 and len(row.values) != columns:

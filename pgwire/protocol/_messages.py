@@ -19,6 +19,7 @@ authentication request it answers, which only a connection knows.
 from __future__ import annotations
 
 import enum
+import os
 import struct as _struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -237,10 +238,10 @@ class StartupMessage(Message):
             parts.append(encode_cstring(value, encoding))
         parts.append(b"\0")
         packet = b"".join(parts)
-        if len(packet) > MAX_STARTUP_PACKET_LENGTH:
+        if len(packet) - 4 > MAX_STARTUP_PACKET_LENGTH:
             raise LocalProtocolError(
-                f"startup packet of {len(packet)} bytes exceeds PostgreSQL's limit of "
-                f"{MAX_STARTUP_PACKET_LENGTH}; send fewer or shorter parameters",
+                f"startup packet body of {len(packet) - 4} bytes exceeds PostgreSQL's limit "
+                f"of {MAX_STARTUP_PACKET_LENGTH}; send fewer or shorter parameters",
                 "54000",
             )
         return INT32.pack(len(packet)) + packet[4:]
@@ -257,13 +258,11 @@ class StartupMessage(Message):
             name = reader.cstring()
             if not name:
                 break
-            try:
-                value = reader.cstring()
-            except RemoteProtocolError:
+            if reader.buf.find(b"\0", reader.pos, reader.end) < 0:
                 raise RemoteProtocolError(
                     "invalid startup packet layout: expected terminator as last byte"
-                ) from None
-            pairs.append((name, value))
+                )
+            pairs.append((name, reader.cstring()))
         return cls(protocol_version=version, parameters=tuple(pairs))
 
 
@@ -1075,6 +1074,51 @@ def decode_data_row(buf: bytes, pos: int, end: int) -> DataRow:
     row = _new(DataRow)
     _set(row, "values", tuple(values))
     return row
+
+
+def _decode_data_rows_py(  # noqa: PLR0917 - the C accelerator's positional signature
+    buf: bytes, pos: int, end: int, limit: int, columns: int, max_rows: int,
+    row_type: type[DataRow],
+) -> tuple[list[DataRow], int]:
+    """Decode consecutive complete DataRow frames in ``buf[pos:end]``.
+
+    Stops, without raising, before the first frame that is not a DataRow, is
+    incomplete, has a body over ``limit``, is malformed, or has a column count
+    other than ``columns`` (when ``columns >= 0``); the caller's ordinary path
+    then handles that frame and reports any error. Returns the rows and the
+    position after the last one. The C accelerator implements the same contract.
+    """
+    rows: list[DataRow] = []
+    while len(rows) < max_rows and end - pos >= 5 and buf[pos] == 0x44:
+        length = unpack_int32(buf, pos + 1)[0]
+        frame_end = pos + 1 + length
+        if length < 4 or length - 4 > limit or frame_end > end:
+            break
+        try:
+            row = decode_data_row(buf, pos + 5, frame_end)
+        except RemoteProtocolError:
+            break
+        if columns >= 0 and len(row.values) != columns:
+            break
+        rows.append(row)
+        pos = frame_end
+    return rows, pos
+
+
+RowRunDecoder = Callable[
+    [bytes, int, int, int, int, int, type[DataRow]], tuple[list[DataRow], int]
+]
+decode_data_rows: RowRunDecoder = _decode_data_rows_py
+#: True when the optional C accelerator is in use (see setup.py).
+SPEEDUPS = False
+if not os.environ.get("PGWIRE_PURE_PYTHON"):
+    try:
+        from ._speedups import decode_data_rows as _decode_data_rows_c
+    except ImportError:  # pragma: no cover - depends on the build
+        pass
+    else:
+        decode_data_rows = _decode_data_rows_c
+        SPEEDUPS = True
 
 
 @_message

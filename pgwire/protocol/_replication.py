@@ -9,11 +9,10 @@ typed object and back; they never touch the connection state.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import ClassVar
 
-from ._codec import Reader
+from ._codec import INT64, UINT32, UINT64, Reader, pack_checked
 from ._errors import RemoteProtocolError
 from ._messages import CopyData
 
@@ -26,10 +25,14 @@ __all__ = [
     "decode_replication",
 ]
 
-_XLOG_HEAD: Final = struct.Struct("!cqqq")
-_KEEPALIVE: Final = struct.Struct("!cqq?")
-_STATUS: Final = struct.Struct("!cqqqq?")
-_FEEDBACK: Final = struct.Struct("!cqIIII")
+def _lsn(value: int, name: str) -> bytes:
+    """An LSN: unsigned 64-bit (FFFFFFFF/FFFFFFFF is valid)."""
+    return pack_checked(UINT64, name, value)
+
+
+def _time(value: int) -> bytes:
+    """Microseconds since 2000-01-01: signed 64-bit."""
+    return pack_checked(INT64, "send_time", value)
 
 
 class ReplicationMessage:
@@ -59,7 +62,10 @@ class XLogData(ReplicationMessage):
     data: bytes
 
     def payload(self) -> bytes:
-        return _XLOG_HEAD.pack(b"w", self.start_lsn, self.end_lsn, self.send_time) + self.data
+        return (
+            b"w" + _lsn(self.start_lsn, "start_lsn") + _lsn(self.end_lsn, "end_lsn")
+            + _time(self.send_time) + bytes(self.data)
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,7 +78,10 @@ class PrimaryKeepalive(ReplicationMessage):
     reply_requested: bool = False
 
     def payload(self) -> bytes:
-        return _KEEPALIVE.pack(b"k", self.wal_end, self.send_time, self.reply_requested)
+        return (
+            b"k" + _lsn(self.wal_end, "wal_end") + _time(self.send_time)
+            + (b"\1" if self.reply_requested else b"\0")
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,9 +96,10 @@ class StandbyStatusUpdate(ReplicationMessage):
     reply_requested: bool = False
 
     def payload(self) -> bytes:
-        return _STATUS.pack(
-            b"r", self.written_lsn, self.flushed_lsn, self.applied_lsn, self.send_time,
-            self.reply_requested,
+        return (
+            b"r" + _lsn(self.written_lsn, "written_lsn") + _lsn(self.flushed_lsn, "flushed_lsn")
+            + _lsn(self.applied_lsn, "applied_lsn") + _time(self.send_time)
+            + (b"\1" if self.reply_requested else b"\0")
         )
 
 
@@ -105,9 +115,13 @@ class HotStandbyFeedback(ReplicationMessage):
     catalog_xmin_epoch: int
 
     def payload(self) -> bytes:
-        return _FEEDBACK.pack(
-            b"h", self.send_time, self.xmin, self.xmin_epoch, self.catalog_xmin,
-            self.catalog_xmin_epoch,
+        return b"h" + _time(self.send_time) + b"".join(
+            pack_checked(UINT32, name, value)
+            for name, value in (
+                ("xmin", self.xmin), ("xmin_epoch", self.xmin_epoch),
+                ("catalog_xmin", self.catalog_xmin),
+                ("catalog_xmin_epoch", self.catalog_xmin_epoch),
+            )
         )
 
 
@@ -124,22 +138,23 @@ def decode_replication(data: bytes | CopyData) -> ReplicationMessage:
         raise RemoteProtocolError("empty replication message")
     kind = data[:1]
     if kind == b"w":
-        if len(data) < _XLOG_HEAD.size:
-            raise RemoteProtocolError("XLogData payload is truncated")
-        _, start, end, sent = _XLOG_HEAD.unpack_from(data)
-        return XLogData(start_lsn=start, end_lsn=end, send_time=sent, data=data[_XLOG_HEAD.size:])
+        reader = Reader(data, 1, len(data), "utf-8")
+        return XLogData(
+            start_lsn=reader.uint64(), end_lsn=reader.uint64(), send_time=reader.int64(),
+            data=reader.rest(),
+        )
     if kind == b"k":
         reader = Reader(data, 1, len(data), "utf-8")
-        wal_end, sent = reader.int64(), reader.int64()
+        wal_end, sent = reader.uint64(), reader.int64()
         flag = reader.byte()
         reader.finish()
         return PrimaryKeepalive(wal_end=wal_end, send_time=sent, reply_requested=flag != 0)
     if kind == b"r":
         reader = Reader(data, 1, len(data), "utf-8")
         status = StandbyStatusUpdate(
-            written_lsn=reader.int64(),
-            flushed_lsn=reader.int64(),
-            applied_lsn=reader.int64(),
+            written_lsn=reader.uint64(),
+            flushed_lsn=reader.uint64(),
+            applied_lsn=reader.uint64(),
             send_time=reader.int64(),
             reply_requested=reader.byte() != 0,
         )

@@ -305,10 +305,16 @@ class Conversation:
         StartupMessage, CancelRequest, or a direct TLS handshake ("DirectTLS")."""
         if self.phase is not Phase.STARTUP:
             raise Violation(f"unexpected {name} in phase {self.phase.value}")
-        if name in ("SSLRequest", "DirectTLS") and (self.ssl_done or self.gss_done):
-            raise Violation(f"{name} after encryption was already negotiated")
-        if name == "GSSENCRequest" and (self.gss_done or self.ssl_done):
-            raise Violation("GSSENCRequest after encryption was already negotiated")
+        # As PostgreSQL's ProcessStartupPacket: each request at most once, and
+        # neither after the other was accepted. PostgreSQL then reports the
+        # request code as an unsupported protocol version (0A000).
+        if (name == "SSLRequest" and self.ssl_done) or (
+            name == "GSSENCRequest" and self.gss_done
+        ):
+            raise Violation(f"{name} after encryption was already negotiated",
+                            SQLSTATE_FEATURE_NOT_SUPPORTED)
+        if name == "DirectTLS" and (self.ssl_done or self.gss_done):
+            raise Violation("TLS handshake after encryption was already negotiated")
         if name == "StartupMessage":
             major = protocol_version >> 16
             if major != 3:
@@ -324,12 +330,17 @@ class Conversation:
             self.ssl_done = True
 
     def negotiation_answer(self, name: str, accepted: bool) -> None:
-        """The backend answered SSLRequest/GSSENCRequest with one byte."""
+        """The backend answered SSLRequest/GSSENCRequest with one byte.
+
+        ``ssl_done``/``gss_done`` then say that request may not be repeated.
+        """
         self._transition(BE, name)
         if name == "SSLResponse":
-            self.ssl_done = accepted
+            self.ssl_done = True
+            self.gss_done = self.gss_done or accepted
         else:
-            self.gss_done = accepted
+            self.gss_done = True
+            self.ssl_done = self.ssl_done or accepted
 
     # -- typed messages ---------------------------------------------------------
 
@@ -471,6 +482,8 @@ class Conversation:
             raise Violation("invalid ReadyForQuery message")
         if first:
             self._transition(BE, "ReadyForQuery")
+        elif not self._pending:
+            raise Violation("ReadyForQuery while no Query, Sync or FunctionCall awaits one")
         else:
             self._pending.popleft()
         self.transaction_status = chr(buf[start])
