@@ -40,6 +40,7 @@ from _stream import CHUNK_SIZE, DEFAULT_ROWS, QUERY, Stream, build_stream, chunk
 from pygwire.constants import ConnectionPhase
 
 import pgwire as pw
+from pgwire.protocol._messages import SPEEDUPS
 
 #: Ratio of (a) over (b) the issue asks for.
 TARGET_RATIO = 5.0
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"decode benchmark: {stream.rows:,} DataRows, {stream.messages:,} messages, "
           f"{megabytes:.1f} MB in {len(pieces)} chunks of {args.chunk_size:,} bytes")
     print(f"Python {platform.python_version()} ({sys.implementation.name}), "
-          f"pgwire {pw.__version__}, pygwire {version('pygwire')}; best of {args.repeat} runs; "
+          f"pgwire {pw.__version__} (C accelerator {'on' if SPEEDUPS else 'off'}), "
+          f"pygwire {version('pygwire')}; best of {args.repeat} runs; "
           f"gc {'DISABLED' if args.disable_gc else 'enabled'} during timed runs")
     for key, label in labels.items():
         seconds = best[key]
