@@ -78,6 +78,19 @@ class TLSInfo:
     peer_certificate_fields: Mapping[str, object]
     channel_binding: ChannelBinding | None
 
+    @property
+    def peer_common_name(self) -> str | None:
+        """The commonName of the peer's verified certificate (what pg_hba's
+        ``cert`` method compares with the user name), or None."""
+        subject = self.peer_certificate_fields.get("subject", ())
+        if not isinstance(subject, tuple):
+            return None
+        for rdn in subject:
+            for attribute in rdn:
+                if attribute[0] == "commonName":
+                    return str(attribute[1])
+        return None
+
 
 def _channel_binding(certificate: bytes | None) -> ChannelBinding | None:
     if certificate is None:
