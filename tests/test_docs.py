@@ -33,7 +33,7 @@ def test_every_public_name_is_documented() -> None:
 def test_readme_links_resolve() -> None:
     text = (ROOT / "README.md").read_text()
     for target in ("docs/protocol.md", "docs/messages.md", "docs/state-machine.md",
-                   "docs/errors.md", "docs/testing.md", "docs/performance.md",
+                   "docs/errors.md", "docs/security.md", "docs/testing.md", "docs/performance.md",
                    "examples/simple_client.py"):
         assert target in text
         assert (ROOT / target).exists(), target
