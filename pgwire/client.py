@@ -96,6 +96,12 @@ class ClientConnection:
     :class:`~pgwire.tls.TLSError`; SCRAM failures
     :class:`~pgwire.auth.ScramError` / :class:`~pgwire.auth.AuthenticationFailed`.
     Any of them latches: later calls raise it again.
+
+    ``decode`` narrows which messages come back decoded (see
+    :class:`~pgwire.Frontend`); authentication requests are always decoded,
+    since the login answers them. ``authentication_method`` is ``trust``
+    also for certificate logins: the server's AuthenticationOk does not say
+    which method it applied.
     """
 
     __slots__ = (
@@ -147,6 +153,9 @@ class ClientConnection:
             settings["database"] = database
         settings.update(parameters or {})
         self._startup = StartupMessage.from_dict(settings, protocol_version)
+        if decode is not None:
+            # The login needs its authentication requests decoded, whatever else is.
+            decode = {*decode, b"R"}
         self.frontend = Frontend(max_message_size=max_message_size, decode=decode)
         self.sslmode: SSLMode = sslmode
         self.sslnegotiation: SSLNegotiation = sslnegotiation
@@ -201,7 +210,11 @@ class ClientConnection:
             return
         tls.receive_encrypted(data)
         if tls.handshake_complete:
-            self._pump_tls()
+            try:
+                self._pump_tls()
+            except TLSError as exc:  # reported by the next next_event(), and every later one
+                self._error = exc
+                return
             if not data:
                 self.frontend.receive_data(b"")
 
@@ -366,11 +379,12 @@ class ClientConnection:
             max_iterations=self.max_scram_iterations,
         )
         if self.channel_binding == "require" and binding is None:
-            raise LoginRefused(
-                "channel binding is required, but the server certificate gives no "
-                "tls-server-end-point data",
-                _SQLSTATE_AUTHORIZATION,
+            reason = (
+                "the connection is not encrypted" if self.tls_info is None
+                else "the server certificate gives no tls-server-end-point data"
             )
+            raise LoginRefused(f"channel binding is required, but {reason}",
+                               _SQLSTATE_AUTHORIZATION)
         self._scram = scram
         self._send(SASLInitialResponse(mechanism=scram.mechanism, data=scram.client_first()))
 

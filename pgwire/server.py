@@ -49,6 +49,7 @@ from .protocol import (
     Message,
     PasswordMessage,
     Phase,
+    ProtocolError,
     RawMessage,
     RemoteProtocolError,
     SASLInitialResponse,
@@ -92,7 +93,7 @@ class ServerConnection:
     answered for you and also returned, for logging.
     """
 
-    __slots__ = ("_auth_method", "_events", "_md5_salt", "_mock_key", "_outgoing",
+    __slots__ = ("_auth_method", "_error", "_events", "_md5_salt", "_mock_key", "_outgoing",
                  "_sasl_mechanism", "_scram", "_secret", "_tls", "backend", "require_tls",
                  "server_certificate", "ssl_context", "tls_info")
 
@@ -118,6 +119,7 @@ class ServerConnection:
         self.tls_info: TLSInfo | None = None
         self._tls: TLSSession | None = None
         self._outgoing: list[bytes] = []
+        self._error: ProtocolError | None = None
         self._events: deque[ServerEvent] = deque()
         self._auth_method: str | None = None
         self._secret: str | None = None
@@ -138,7 +140,11 @@ class ServerConnection:
             return
         tls.receive_encrypted(data)
         if tls.handshake_complete:
-            self._pump_tls()
+            try:
+                self._pump_tls()
+            except TLSError as exc:  # reported by the next next_event(), and every later one
+                self._error = exc
+                return
             if not data:
                 self.backend.receive_data(b"")
 
@@ -172,7 +178,19 @@ class ServerConnection:
     # -- events ------------------------------------------------------------------------
 
     def next_event(self) -> ServerEvent:
-        """The next event from the client, after doing what encryption and login need."""
+        """The next event from the client, after doing what encryption and login need.
+
+        A protocol or TLS error latches: every later call raises it again.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next_event(self) -> ServerEvent:
         if self._events:
             return self._events.popleft()
         tls = self._tls

@@ -177,7 +177,9 @@ class TLSSession:
                 chunk = self._object.read(65536)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                # close_notify, or the peer closed the TCP stream without one. The
+                # protocol's own framing still detects a stream cut mid-message.
                 break
             except ssl.SSLError as exc:
                 raise TLSError(f"TLS error: {exc}", exc.reason) from None
