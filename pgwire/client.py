@@ -46,7 +46,7 @@ from .protocol import (
     SSLResponse,
     StartupMessage,
 )
-from .tls import SSLMODES, SSLMode, TLSError, TLSInfo, TLSSession, client_context
+from .tls import SSLMODES, SecureChannel, SSLMode, TLSError, TLSInfo, TLSSession, client_context
 
 __all__ = ["ChannelBindingMode", "ClientConnection", "SSLNegotiation"]
 
@@ -105,8 +105,8 @@ class ClientConnection:
     """
 
     __slots__ = (
-        "_error", "_outgoing", "_password", "_password_method", "_scram", "_started",
-        "_startup", "_tls", "allow_plaintext_password", "authentication_method",
+        "_channel", "_error", "_password", "_password_method", "_scram", "_started",
+        "_startup", "allow_plaintext_password", "authentication_method",
         "channel_binding", "frontend", "max_scram_iterations", "server_hostname",
         "ssl_context", "sslmode", "sslnegotiation", "tls_info",
     )
@@ -168,14 +168,13 @@ class ClientConnection:
                                          sslkey=sslkey)
         self.ssl_context = ssl_context
         self._password = password
-        self._tls: TLSSession | None = None
+        self._channel = SecureChannel(self.frontend)
         #: What the TLS handshake established, once it has.
         self.tls_info: TLSInfo | None = None
         #: How the server authenticated us, once AuthenticationOk arrived.
         self.authentication_method: str | None = None
         self._scram: ScramClient | None = None
         self._password_method: str | None = None
-        self._outgoing: list[bytes] = []
         self._error: ProtocolError | None = None
         self._started = False
 
@@ -187,36 +186,19 @@ class ClientConnection:
             raise LocalProtocolError("start() was already called")
         self._started = True
         if self.sslmode in ("disable", "allow"):
-            self._send_plain(self._startup)
+            self._send(self._startup)
         elif self.sslnegotiation == "direct":
             self._begin_tls()
         else:
-            self._send_plain(SSLRequest())
+            self._send(SSLRequest())
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the server now (encrypted when TLS is on)."""
-        tls = self._tls
-        if tls is not None:
-            self._outgoing.append(tls.outgoing())
-        data = b"".join(self._outgoing)
-        self._outgoing.clear()
-        return data
+        return self._channel.data_to_send()
 
     def receive_data(self, data: bytes) -> None:
         """Bytes read from the server; ``b""`` when it closed."""
-        tls = self._tls
-        if tls is None:
-            self.frontend.receive_data(data)
-            return
-        tls.receive_encrypted(data)
-        if tls.handshake_complete:
-            try:
-                self._pump_tls()
-            except TLSError as exc:  # reported by the next next_event(), and every later one
-                self._error = exc
-                return
-            if not data:
-                self.frontend.receive_data(b"")
+        self._channel.receive(data)
 
     def send(self, message: Message | RawMessage) -> None:
         """Queue a message for the server (after login: queries and the rest)."""
@@ -224,26 +206,15 @@ class ClientConnection:
             raise self._error
         self._send(message)
 
-    def _send_plain(self, message: Message) -> None:
-        self._outgoing.append(self.frontend.send(message))
-
     def _send(self, message: Message | RawMessage) -> None:
-        data = self.frontend.send(message)
-        if self._tls is not None:
-            self._tls.write(data)
-        else:
-            self._outgoing.append(data)
-
-    def _pump_tls(self) -> None:
-        assert self._tls is not None
-        plaintext = self._tls.read()
-        if plaintext:
-            self.frontend.receive_data(plaintext)
+        self._channel.write(self.frontend.send(message))
 
     # -- events ---------------------------------------------------------------------------
 
     def next_event(self) -> FrontendEvent:
         """The next event from the server, after answering anything the login needs."""
+        if self._error is None:
+            self._error = self._channel.error
         if self._error is not None:
             raise self._error
         if not self._started:
@@ -255,7 +226,7 @@ class ClientConnection:
             raise
 
     def _next_event(self) -> FrontendEvent:
-        tls = self._tls
+        tls = self._channel.tls
         if tls is not None and not tls.handshake_complete and not self._handshake():
             return NEED_DATA
         event = self.frontend.next_event()
@@ -268,7 +239,7 @@ class ClientConnection:
                     _SQLSTATE_CANNOT_CONNECT,
                 )
             else:
-                self._send_plain(self._startup)
+                self._send(self._startup)
         elif isinstance(event, (AuthenticationSASL, AuthenticationSASLContinue,
                                 AuthenticationSASLFinal, AuthenticationOk,
                                 AuthenticationCleartextPassword, AuthenticationMD5Password,
@@ -285,27 +256,17 @@ class ClientConnection:
 
     def _begin_tls(self) -> None:
         assert self.ssl_context is not None
-        leftover = b"".join(self._outgoing)
-        self._outgoing.clear()
-        if leftover:  # the SSLRequest: it went out in the clear, before the handshake
-            self._outgoing.append(leftover)
-        self._tls = TLSSession(self.ssl_context, server_side=False,
-                               server_hostname=self.server_hostname)
+        self._channel.start_tls(TLSSession(self.ssl_context, server_side=False,
+                                           server_hostname=self.server_hostname))
         self._handshake()
 
     def _handshake(self) -> bool:
-        tls = self._tls
-        assert tls is not None
-        try:
-            done = tls.do_handshake()
-        except TLSError:
-            self._outgoing.append(tls.outgoing())  # the alert, if any
-            raise
-        if not done:
+        if not self._channel.handshake():
             return False
-        self.tls_info = tls.info()
+        assert self._channel.tls is not None
+        self.tls_info = self._channel.tls.info()
         self._send(self._startup)
-        self._pump_tls()
+        self._channel.pump()
         return True
 
     # -- authentication --------------------------------------------------------------------
@@ -324,7 +285,7 @@ class ClientConnection:
                 "cannot be bound to the TLS channel",
                 _SQLSTATE_AUTHORIZATION,
             )
-        if self._tls is None and not self.allow_plaintext_password:
+        if not self._channel.encrypted and not self.allow_plaintext_password:
             raise LoginRefused(
                 f"the server asks for a {what} over an unencrypted connection; use TLS "
                 "(sslmode=require or stronger) or pass allow_plaintext_password=True",
@@ -360,7 +321,7 @@ class ClientConnection:
             )
 
     def _start_scram(self, event: AuthenticationSASL) -> None:
-        if SCRAM_SHA_256_PLUS in event.mechanisms and self._tls is None:
+        if SCRAM_SHA_256_PLUS in event.mechanisms and not self._channel.encrypted:
             raise LoginRefused(
                 f"the server offered {SCRAM_SHA_256_PLUS} over a connection without TLS",
                 _SQLSTATE_AUTHORIZATION,
@@ -408,4 +369,4 @@ class ClientConnection:
     @property
     def tls(self) -> bool:
         """True when the connection is encrypted."""
-        return self._tls is not None and self._tls.handshake_complete
+        return self._channel.encrypted

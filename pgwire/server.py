@@ -59,7 +59,7 @@ from .protocol import (
     StartupMessage,
 )
 from .protocol._messages import MAX_STARTUP_PACKET_LENGTH
-from .tls import TLSError, TLSInfo, TLSSession
+from .tls import SecureChannel, TLSError, TLSInfo, TLSSession
 
 __all__ = ["AuthMethod", "ServerConnection"]
 
@@ -93,8 +93,8 @@ class ServerConnection:
     answered for you and also returned, for logging.
     """
 
-    __slots__ = ("_auth_method", "_error", "_events", "_md5_salt", "_mock_key", "_outgoing",
-                 "_sasl_mechanism", "_scram", "_secret", "_tls", "backend", "require_tls",
+    __slots__ = ("_auth_method", "_channel", "_error", "_events", "_md5_salt", "_mock_key",
+                 "_sasl_mechanism", "_scram", "_secret", "backend", "require_tls",
                  "server_certificate", "ssl_context", "tls_info")
 
     def __init__(
@@ -117,8 +117,7 @@ class ServerConnection:
         self.require_tls = require_tls
         #: What the TLS handshake established, once it has.
         self.tls_info: TLSInfo | None = None
-        self._tls: TLSSession | None = None
-        self._outgoing: list[bytes] = []
+        self._channel = SecureChannel(self.backend)
         self._error: ProtocolError | None = None
         self._events: deque[ServerEvent] = deque()
         self._auth_method: str | None = None
@@ -134,46 +133,20 @@ class ServerConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes read from the client; ``b""`` when it closed."""
-        tls = self._tls
-        if tls is None:
-            self.backend.receive_data(data)
-            return
-        tls.receive_encrypted(data)
-        if tls.handshake_complete:
-            try:
-                self._pump_tls()
-            except TLSError as exc:  # reported by the next next_event(), and every later one
-                self._error = exc
-                return
-            if not data:
-                self.backend.receive_data(b"")
+        self._channel.receive(data)
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the client now (encrypted when TLS is on)."""
-        if self._tls is not None:
-            self._outgoing.append(self._tls.outgoing())
-        data = b"".join(self._outgoing)
-        self._outgoing.clear()
-        return data
+        return self._channel.data_to_send()
 
     def send(self, message: Message | RawMessage) -> None:
         """Queue a message for the client (checked by the Backend's state machine)."""
-        data = self.backend.send(message)
-        if self._tls is not None:
-            self._tls.write(data)
-        else:
-            self._outgoing.append(data)
-
-    def _pump_tls(self) -> None:
-        assert self._tls is not None
-        plaintext = self._tls.read()
-        if plaintext:
-            self.backend.receive_data(plaintext)
+        self._channel.write(self.backend.send(message))
 
     @property
     def tls(self) -> bool:
         """True when the connection is encrypted."""
-        return self._tls is not None and self._tls.handshake_complete
+        return self._channel.encrypted
 
     # -- events ------------------------------------------------------------------------
 
@@ -182,6 +155,8 @@ class ServerConnection:
 
         A protocol or TLS error latches: every later call raises it again.
         """
+        if self._error is None:
+            self._error = self._channel.error
         if self._error is not None:
             raise self._error
         try:
@@ -193,7 +168,7 @@ class ServerConnection:
     def _next_event(self) -> ServerEvent:
         if self._events:
             return self._events.popleft()
-        tls = self._tls
+        tls = self._channel.tls
         if tls is not None and not tls.handshake_complete and not self._handshake():
             return NEED_DATA
         event = self.backend.next_event()
@@ -231,25 +206,19 @@ class ServerConnection:
 
     def _begin_tls(self, initial: bytes, *, require_alpn: bool) -> None:
         assert self.ssl_context is not None
-        self._tls = TLSSession(self.ssl_context, server_side=True,
-                               server_certificate=self.server_certificate,
-                               require_alpn=require_alpn)
-        if initial:
-            self._tls.receive_encrypted(initial)
+        session = TLSSession(self.ssl_context, server_side=True,
+                             server_certificate=self.server_certificate,
+                             require_alpn=require_alpn)
+        self._channel.start_tls(session, initial)
         self._handshake()
 
     def _handshake(self) -> bool:
-        tls = self._tls
-        assert tls is not None
-        try:
-            done = tls.do_handshake()
-        except TLSError:
-            self._outgoing.append(tls.outgoing())
-            raise
-        if done:
-            self.tls_info = tls.info()
-            self._pump_tls()
-        return done
+        if not self._channel.handshake():
+            return False
+        assert self._channel.tls is not None
+        self.tls_info = self._channel.tls.info()
+        self._channel.pump()
+        return True
 
     # -- authentication ----------------------------------------------------------------
 

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Final, Literal
 
 from .auth.channel_binding import ChannelBinding, UnsupportedCertificate
-from .protocol import RemoteProtocolError
+from .protocol import Backend, Frontend, RemoteProtocolError
 
 __all__ = [
     "ALPN_POSTGRESQL",
     "SSLMODES",
     "SSLMode",
+    "SecureChannel",
     "TLSError",
     "TLSInfo",
     "TLSSession",
@@ -219,6 +220,89 @@ class TLSSession:
             peer_certificate_fields=fields,
             channel_binding=_channel_binding(server_certificate),
         )
+
+
+class SecureChannel:
+    """The bytes between the network and a Frontend or Backend: plaintext
+    until :meth:`start_tls`, TLS records after.
+
+    Shared plumbing of :class:`~pgwire.client.ClientConnection` and
+    :class:`~pgwire.server.ServerConnection`. A TLS error met while bytes
+    arrive is kept in :attr:`error` for the owner to raise from its next
+    ``next_event()``, since ``receive_data()`` must not lose it.
+    """
+
+    __slots__ = ("_connection", "_outgoing", "error", "tls")
+
+    def __init__(self, connection: Frontend | Backend) -> None:
+        self._connection = connection
+        self._outgoing: list[bytes] = []
+        #: The TLS session, once started.
+        self.tls: TLSSession | None = None
+        #: A TLS error met in :meth:`receive`, for the owner to raise.
+        self.error: TLSError | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        """True once the TLS handshake is complete."""
+        return self.tls is not None and self.tls.handshake_complete
+
+    def receive(self, data: bytes) -> None:
+        """Network bytes in (``b""``: the peer closed); plaintext goes on to the
+        connection as soon as TLS has decrypted it."""
+        tls = self.tls
+        if tls is None:
+            self._connection.receive_data(data)
+            return
+        tls.receive_encrypted(data)
+        if tls.handshake_complete:
+            try:
+                self.pump()
+            except TLSError as exc:
+                self.error = exc
+                return
+            if not data:
+                self._connection.receive_data(b"")
+
+    def pump(self) -> None:
+        """Hand decrypted bytes to the connection."""
+        assert self.tls is not None
+        plaintext = self.tls.read()
+        if plaintext:
+            self._connection.receive_data(plaintext)
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes from the connection, encrypted if TLS has started."""
+        if self.tls is not None:
+            self.tls.write(data)
+        else:
+            self._outgoing.append(data)
+
+    def data_to_send(self) -> bytes:
+        """Everything to write to the network now, in order."""
+        if self.tls is not None:
+            self._outgoing.append(self.tls.outgoing())
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    def start_tls(self, session: TLSSession, initial: bytes = b"") -> None:
+        """Switch to TLS; ``initial`` holds bytes already received for it."""
+        self.tls = session
+        if initial:
+            session.receive_encrypted(initial)
+
+    def handshake(self) -> bool:
+        """Advance the handshake; True once complete. On failure the alert for
+        the peer is queued and :class:`TLSError` raised."""
+        tls = self.tls
+        assert tls is not None
+        try:
+            done = tls.do_handshake()
+        except TLSError:
+            self._outgoing.append(tls.outgoing())
+            raise
+        return done
 
 
 def load_certificate_der(path: str | Path) -> bytes:

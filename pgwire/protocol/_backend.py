@@ -12,7 +12,7 @@ from ._errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from ._events import NEED_DATA, ConnectionClosed, DirectTLSHandshake, NeedData
+from ._events import ConnectionClosed, DirectTLSHandshake, NeedData
 from ._framing import RawMessage
 from ._messages import (
     BACKEND_TYPED_CLASSES,
@@ -74,6 +74,7 @@ class Backend(Connection):
     """
 
     _DECODERS: ClassVar[dict[bytes, Decoder]] = FRONTEND_MESSAGES
+    _PEER: ClassVar[str] = "client"
 
     __slots__ = ("_negotiation", "max_startup_size", "startup")
 
@@ -196,17 +197,6 @@ class Backend(Connection):
             )
         self.startup = startup
         return startup
-
-    def _end_of_stream(self) -> BackendEvent:
-        if not self._eof:
-            return NEED_DATA
-        if len(self._buffer):
-            raise RemoteProtocolError(
-                f"client closed the connection in the middle of a message "
-                f"({len(self._buffer)} bytes of it received)"
-            )
-        self._conversation.end_of_stream()
-        return ConnectionClosed()
 
     # -- sending ---------------------------------------------------------------------
 

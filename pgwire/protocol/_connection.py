@@ -7,6 +7,7 @@ from typing import ClassVar, Final
 
 from ._codec import MAX_PROTOCOL_MESSAGE_LENGTH, Reader, python_encoding
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._events import NEED_DATA, ConnectionClosed, NeedData
 from ._framing import RawMessage, ReceiveBuffer
 from ._messages import Decoder, Message
 from ._states import Conversation, Phase, Violation
@@ -29,6 +30,7 @@ class Connection:
     """
 
     _DECODERS: ClassVar[dict[bytes, Decoder]] = {}
+    _PEER: ClassVar[str] = "peer"
 
     __slots__ = ("_buffer", "_conversation", "_decode_all", "_decode_set", "_eof", "_error",
                  "encoding", "server_encoding_name")
@@ -110,6 +112,18 @@ class Connection:
     def _set_client_encoding(self, name: str) -> None:
         self.server_encoding_name = name
         self.encoding = python_encoding(name)
+
+    def _end_of_stream(self) -> ConnectionClosed | type[NeedData]:
+        """NEED_DATA, or ConnectionClosed once the peer closed at a message boundary."""
+        if not self._eof:
+            return NEED_DATA
+        if len(self._buffer):
+            raise RemoteProtocolError(
+                f"{self._PEER} closed the connection in the middle of a message "
+                f"({len(self._buffer)} bytes of it received)"
+            )
+        self._conversation.end_of_stream()
+        return ConnectionClosed()
 
     # -- decoding ----------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import ClassVar, Final
 
 from ._connection import DEFAULT_MAX_MESSAGE_SIZE, Connection
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._events import NEED_DATA, ConnectionClosed, NeedData
+from ._events import ConnectionClosed, NeedData
 from ._framing import RawMessage
 from ._messages import (
     BACKEND_MESSAGES,
@@ -54,6 +54,7 @@ class Frontend(Connection):
     """
 
     _DECODERS: ClassVar[dict[bytes, Decoder]] = BACKEND_MESSAGES
+    _PEER: ClassVar[str] = "server"
 
     __slots__ = ("_decode_rows", "_rows", "backend_key", "parameters")
 
@@ -210,15 +211,3 @@ class Frontend(Connection):
                 "received unencrypted data after the server's answer to the encryption request"
             )
         return response
-
-    def _end_of_stream(self) -> FrontendEvent:
-        if not self._eof:
-            return NEED_DATA
-        if len(self._buffer):
-            raise RemoteProtocolError(
-                f"server closed the connection in the middle of a message "
-                f"({len(self._buffer)} bytes of it received)"
-            )
-        self._conversation.end_of_stream()
-        return ConnectionClosed()
-
