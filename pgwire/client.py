@@ -16,7 +16,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Final, Literal
 
-from .auth import ScramClient, md5_password_response
+from .auth import ScramClient, ScramError, md5_password_response
 from .auth.scram import DEFAULT_MAX_ITERATIONS, SCRAM_SHA_256_PLUS
 from .login import LoginRefused
 from .protocol import (
@@ -306,12 +306,8 @@ class ClientConnection:
             self._password_method = "md5"
         elif isinstance(event, AuthenticationSASL):
             self._start_scram(event)
-        elif isinstance(event, AuthenticationSASLContinue):
-            assert self._scram is not None  # the state machine checked the order
-            self._send(SASLResponse(data=self._scram.receive_server_first(event.data)))
-        elif isinstance(event, AuthenticationSASLFinal):
-            assert self._scram is not None
-            self._scram.receive_server_final(event.data)
+        elif isinstance(event, (AuthenticationSASLContinue, AuthenticationSASLFinal)):
+            self._scram_step(event)
         elif isinstance(event, AuthenticationOk):
             self._authenticated()
         else:
@@ -319,6 +315,22 @@ class ClientConnection:
                 f"the server asks for {type(event).__name__}, which pgwire does not support",
                 _SQLSTATE_UNSUPPORTED,
             )
+
+    def _scram_step(self, event: AuthenticationSASLContinue | AuthenticationSASLFinal) -> None:
+        scram = self._scram
+        assert scram is not None  # the state machine allows these only after SASL
+        # The state machine is not SCRAM-specific (SASL allows any number of
+        # steps); SCRAM has exactly one challenge, then the final message.
+        expected = AuthenticationSASLContinue if scram.state == "first-sent" else (
+            AuthenticationSASLFinal if scram.state == "final-sent" else None)
+        if not isinstance(event, expected or ()):
+            raise ScramError(
+                f"the server sent {type(event).__name__} out of order in the SCRAM exchange"
+            )
+        if isinstance(event, AuthenticationSASLContinue):
+            self._send(SASLResponse(data=scram.receive_server_first(event.data)))
+        else:
+            scram.receive_server_final(event.data)
 
     def _start_scram(self, event: AuthenticationSASL) -> None:
         if SCRAM_SHA_256_PLUS in event.mechanisms and not self._channel.encrypted:

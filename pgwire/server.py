@@ -22,7 +22,6 @@ from .auth import (
     AuthenticationFailed,
     ScramServer,
     is_md5_secret,
-    md5_secret,
     mock_scram_secret,
     password_type,
     verify_md5_response,
@@ -297,9 +296,9 @@ class ServerConnection:
                 secret, password, user=user
             )
         else:
+            # verify_md5_response takes plaintext or md5 secrets and refuses empty ones.
             accepted = secret is not None and verify_md5_response(
-                secret if is_md5_secret(secret) else md5_secret(secret, user),
-                user, self._md5_salt, password,
+                secret, user, self._md5_salt, password
             )
         if not accepted:
             raise AuthenticationFailed(f'password authentication failed for user "{user}"')

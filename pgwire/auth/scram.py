@@ -163,6 +163,13 @@ def _expect_attribute(
     return value
 
 
+def _expect_end(pairs: list[tuple[bytes, bytes]], count: int, what: str) -> None:
+    """Refuse attributes after the last one the message may carry (as libpq:
+    "garbage at end of server-first-message")."""
+    if len(pairs) > count:
+        raise _malformed(f'garbage at end of the {what}: "{pairs[count][0].decode()}=..."')
+
+
 def _new_nonce() -> bytes:
     return base64.b64encode(secrets.token_bytes(_NONCE_BYTES))
 
@@ -291,6 +298,13 @@ class ScramClient:
         self._state = "initial"
 
     @property
+    def state(self) -> str:
+        """Where the exchange is: ``initial``, ``first-sent`` (awaiting the
+        server-first message), ``final-sent`` (awaiting server-final), ``done``
+        or ``failed``."""
+        return self._state
+
+    @property
     def authenticated(self) -> bool:
         """True once the server's final message proved it knows the password.
 
@@ -347,6 +361,7 @@ class ScramClient:
         nonce = _expect_attribute(pairs, 0, b"r", what)
         salt_text = _expect_attribute(pairs, 1, b"s", what)
         iterations_text = _expect_attribute(pairs, 2, b"i", what)
+        _expect_end(pairs, 3, what)
         ours = self._nonce
         if len(nonce) <= len(ours) or not hmac.compare_digest(nonce[:len(ours)], ours):
             raise ScramError(
@@ -419,6 +434,7 @@ class ScramClient:
                 else SQLSTATE_INVALID_AUTHORIZATION_SPECIFICATION,
             )
         signature = b64decode_strict(_expect_attribute(pairs, 0, b"v", what))
+        _expect_end(pairs, 1, what)
         if signature is None or len(signature) != _KEY_LENGTH:
             raise _malformed("the server signature is not 32 bytes of base64")
         if not hmac.compare_digest(signature, self._server_signature):

@@ -124,7 +124,7 @@ class Backend(Connection):
             if len(buffer):
                 if phase is Phase.SSL_NEGOTIATION or phase is Phase.GSSENC_NEGOTIATION:
                     raise RemoteProtocolError("received unencrypted data after SSL request")
-                after = "a CancelRequest" if phase is Phase.CANCEL else "Terminate"
+                after = "a CancelRequest" if phase is Phase.CANCEL else "the connection closed"
                 raise RemoteProtocolError(f"client sent data after {after}")
             return self._end_of_stream()
         code_int = buffer.peek_byte()

@@ -327,7 +327,7 @@ class Conversation:
             self.requested_options = options
         self._transition(FE, name)
         if name == "DirectTLS":
-            self.ssl_done = True
+            self.ssl_done = self.gss_done = True
 
     def negotiation_answer(self, name: str, accepted: bool) -> None:
         """The backend answered SSLRequest/GSSENCRequest with one byte.

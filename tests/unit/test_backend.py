@@ -663,7 +663,7 @@ def test_data_after_terminate() -> None:
     backend.receive_data(pw.Terminate().encode() + pw.Query(query="select 1").encode())
     assert backend.next_event() == pw.Terminate()
     assert backend.phase is pw.Phase.CLOSED
-    with protocol_error(pw.RemoteProtocolError, "08P01", "after Terminate"):
+    with protocol_error(pw.RemoteProtocolError, "08P01", "after the connection closed"):
         backend.next_event()
 
 
