@@ -345,6 +345,10 @@ class SSLResponse(Message):
     def encode(self, encoding: str = "utf-8") -> bytes:
         return b"S" if self.accepted else b"N"
 
+    @classmethod
+    def _decode(cls, reader: Reader) -> SSLResponse:
+        return cls(accepted=_answer_byte(reader, b"S", "SSL"))
+
 
 @_message
 class GSSENCResponse(Message):
@@ -354,6 +358,18 @@ class GSSENCResponse(Message):
 
     def encode(self, encoding: str = "utf-8") -> bytes:
         return b"G" if self.accepted else b"N"
+
+    @classmethod
+    def _decode(cls, reader: Reader) -> GSSENCResponse:
+        return cls(accepted=_answer_byte(reader, b"G", "GSSAPI"))
+
+
+def _answer_byte(reader: Reader, yes: bytes, what: str) -> bool:
+    """Decode the one-byte answer to an encryption request (``decode(b"S")``)."""
+    answer = bytes([reader.byte()])
+    if answer not in (yes, b"N"):
+        raise RemoteProtocolError(f"invalid response to {what} negotiation: {answer!r}")
+    return answer == yes
 
 
 # ---------------------------------------------------------------------------

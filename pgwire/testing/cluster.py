@@ -11,7 +11,7 @@ root, PostgreSQL refuses to start, so every server-side program (``initdb``,
 the server reads are handed over to that user.
 
 Only the standard library is used here, plus the ``openssl`` command-line tool for
-certificates.
+certificates, which `pgwire.testing.pki` makes.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
+
+from .pki import CertificateAuthority, CertificateError, OpenSSLUnavailable
 
 __all__ = [
     "BINDIR_ENV_VAR",
@@ -220,7 +222,8 @@ class PostgresCluster:
 
     The superuser gets a random password (`superuser_password`), so `sql` works even
     when ``auth`` asks for passwords. With ``ssl=True`` the server has a certificate
-    for ``localhost`` and ``127.0.0.1`` signed by a throwaway CA (`ca_cert`), and
+    for ``localhost``, ``127.0.0.1`` and ``::1`` signed by a throwaway CA (`ca_cert`,
+    made by `pgwire.testing.pki`), and
     `make_client_cert` signs client certificates with the same CA.
 
     `stop` kills the server and removes the directory; it also runs when the object
@@ -269,12 +272,12 @@ class PostgresCluster:
         self._superuser = superuser
         self._startup_timeout = startup_timeout
         self._superuser_password = secrets.token_urlsafe(24)
-        self._client_cert_numbers = itertools.count(1)
         self._bindir: Path | None = None
         self._tempdir: Path | None = None
         self._port: int | None = None
         self._server_user: _ServerUser | None = None
         self._initdb_conf: str | None = None
+        self._ca: CertificateAuthority | None = None
         self._finalizer: weakref.finalize[..., PostgresCluster] | None = None
         self._running = False
 
@@ -519,49 +522,24 @@ class PostgresCluster:
 
         Raises:
             ClusterError: the cluster is not running or was started with ``ssl=False``.
+            ValueError: ``cn`` is empty or has control characters.
         """
         self._require_running()
-        if not cn or any(ord(char) < 32 for char in cn):
-            raise ValueError(f"a certificate common name must be printable, got {cn!r}")
-        stem = f"client-{next(self._client_cert_numbers)}"
-        tls_dir = self._tls_dir()
-        cert, key = tls_dir / f"{stem}.crt", tls_dir / f"{stem}.key"
-        self._sign(cn, stem, extensions="v3_client")
-        return cert, key
+        self._tls_dir()  # raises the precise error for ssl=False
+        assert self._ca is not None
+        with _certificate_errors():
+            return self._ca.issue_client_certificate(cn)
 
     def _make_server_certificates(self) -> None:
         tls_dir = self._dir() / "tls"
         tls_dir.mkdir()
         tls_dir.chmod(0o755)  # explicit: a strict umask must not lock the server out
-        (tls_dir / "openssl.cnf").write_text(_OPENSSL_CONFIG)
-        _openssl(
-            *("req", "-x509", "-new", *_NEW_KEY, "-keyout", "ca.key", "-out", "ca.crt"),
-            *("-days", "2", "-subj", "/CN=pgwire throwaway test CA", "-utf8"),
-            *("-config", "openssl.cnf", "-extensions", "v3_ca"),
-            cwd=tls_dir,
-        )
-        self._sign("localhost", "server", extensions="v3_server")
-        (tls_dir / "ca.crt").chmod(0o644)
-        (tls_dir / "server.crt").chmod(0o644)
+        with _certificate_errors():
+            self._ca = CertificateAuthority.create(tls_dir, "pgwire throwaway test CA")
+            cert, key = self._ca.issue_server_certificate("server")
         # PostgreSQL refuses a key that is not 0600 and owned by the server's user.
-        _hand_over(tls_dir / "server.key", self._server_user)
-        _hand_over(tls_dir / "server.crt", self._server_user)
-
-    def _sign(self, cn: str, stem: str, *, extensions: str) -> None:
-        tls_dir = self._tls_dir()
-        _openssl(
-            *("req", "-new", *_NEW_KEY, "-keyout", f"{stem}.key", "-out", f"{stem}.csr"),
-            *("-subj", "/CN=" + _escape_subject(cn), "-utf8", "-config", "openssl.cnf"),
-            cwd=tls_dir,
-        )
-        _openssl(
-            *("x509", "-req", "-in", f"{stem}.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
-            *("-set_serial", str(secrets.randbits(63) + 1), "-days", "2"),
-            *("-out", f"{stem}.crt", "-extfile", "openssl.cnf", "-extensions", extensions),
-            cwd=tls_dir,
-        )
-        (tls_dir / f"{stem}.csr").unlink()
-        (tls_dir / f"{stem}.key").chmod(0o600)
+        _hand_over(key, self._server_user)
+        _hand_over(cert, self._server_user)
 
     # -- starting -----------------------------------------------------------
 
@@ -708,34 +686,6 @@ class PostgresCluster:
 # ---------------------------------------------------------------------------
 # Module helpers
 
-_NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-
-# Our own config so the system's openssl.cnf cannot change what we make; the
-# extensions satisfy strict verifiers (Python 3.13's VERIFY_X509_STRICT among them).
-_OPENSSL_CONFIG = """\
-[req]
-distinguished_name = dn
-[dn]
-[v3_ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-[v3_server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1, IP:::1
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid, issuer
-[v3_client]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = clientAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid, issuer
-"""
-
-
 def _server_os_user() -> _ServerUser | None:
     """The account to run the server as: None (ourselves) unless we are root."""
     if os.geteuid() != 0:
@@ -813,30 +763,15 @@ def _run(
         )
 
 
-def _openssl(*arguments: str, cwd: Path) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise ClusterUnavailable(
-            "the openssl command-line tool is missing: apt-get install openssl"
-        )
-    result = subprocess.run(
-        [openssl, *arguments],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise ClusterError(
-            f"openssl {' '.join(arguments)} failed (exit {result.returncode}):\n{result.stderr}"
-        )
-
-
-def _escape_subject(value: str) -> str:
-    # openssl -subj splits on '/' and '+' and reads '=' as a separator.
-    return re.sub(r"([\\/+=])", r"\\\1", value)
+@contextlib.contextmanager
+def _certificate_errors() -> Iterator[None]:
+    """Report `pgwire.testing.pki`'s failures as this module's exceptions."""
+    try:
+        yield
+    except OpenSSLUnavailable as exc:
+        raise ClusterUnavailable(str(exc)) from exc
+    except CertificateError as exc:
+        raise ClusterError(str(exc)) from exc
 
 
 def _conf_value(value: str | int | float | bool) -> str:

@@ -1210,8 +1210,19 @@ def chunkings(data: bytes, *, max_chunks: int = 64) -> st.SearchStrategy[list[by
     return _chunkings(data, max_chunks)
 
 
+@_cached
+def _mutation_parts() -> tuple[st.SearchStrategy[bytes], st.SearchStrategy[int]]:
+    """Bytes to insert (lying length words among them) and byte values to write."""
+    inserted = st.one_of(
+        st.binary(min_size=1, max_size=8),
+        st.sampled_from((b"\0", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"Z\0\0\0\5I")),
+    )
+    return inserted, st.sampled_from((0x00, 0x01, 0x7F, 0x80, 0xFF)) | st.integers(0, 255)
+
+
 @st.composite
 def _mutations(draw: st.DrawFn, data: bytes, max_edits: int) -> bytes:
+    inserted, byte_values = _mutation_parts()
     result = bytearray(data)
     for _ in range(draw(st.integers(1, max_edits))):
         edit = draw(st.sampled_from(("flip", "set", "insert", "delete", "truncate")))
@@ -1219,16 +1230,13 @@ def _mutations(draw: st.DrawFn, data: bytes, max_edits: int) -> bytes:
             edit = "insert"
         if edit == "insert":
             at = draw(st.integers(0, len(result)))
-            result[at:at] = draw(st.one_of(
-                st.binary(min_size=1, max_size=8),
-                st.sampled_from((b"\0", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"Z\0\0\0\5I")),
-            ))
+            result[at:at] = draw(inserted)
             continue
         at = draw(st.integers(0, len(result) - 1))
         if edit == "flip":
             result[at] ^= 1 << draw(st.integers(0, 7))
         elif edit == "set":
-            result[at] = draw(st.sampled_from((0x00, 0x01, 0x7F, 0x80, 0xFF)) | st.integers(0, 255))
+            result[at] = draw(byte_values)
         elif edit == "delete":
             del result[at : at + draw(st.integers(1, 8))]
         else:

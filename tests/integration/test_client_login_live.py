@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from pgwire.auth import ChannelBinding, ScramError
 from pgwire.client import ClientConnection
 from pgwire.login import LoginRefused
 from pgwire.testing.cluster import PostgresCluster
+from pgwire.testing.pki import CertificateAuthority
 from pgwire.tls import TLSError, load_certificate_der
 
 from .client_wire import ClientSession, open_session
@@ -89,18 +89,7 @@ def server_der(cluster: PostgresCluster) -> bytes:
 def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA certificate that did not sign the cluster's server certificate."""
     directory = tmp_path_factory.mktemp("other-ca")
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-new", "-newkey", "ec",
-            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(directory / "ca.key"), "-out", str(directory / "ca.crt"),
-            "-days", "2", "-subj", "/CN=some other CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-        check=True, capture_output=True, timeout=60,
-    )
-    return directory / "ca.crt"
+    return CertificateAuthority.create(directory, "some other CA").certificate
 
 
 def session(cluster: PostgresCluster, **kwargs: object) -> ClientSession:

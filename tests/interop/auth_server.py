@@ -9,17 +9,15 @@ fixed text row. Everything that happens on each connection is recorded in a
 LoginFailed event, and any exception — so a test can assert what the *server*
 saw, not just what the client reported.
 
-:class:`TestPKI` makes a throwaway CA, a server certificate for ``localhost``
-and ``127.0.0.1``, and client certificates, with the ``openssl`` tool.
+:class:`TestPKI` is a throwaway CA from :mod:`pgwire.testing.pki` with a server
+certificate for ``localhost``, ``127.0.0.1`` and ``::1``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import traceback
 from collections.abc import Mapping
@@ -30,6 +28,7 @@ from types import TracebackType
 import pgwire as pw
 from pgwire.login import Authenticated, LoginFailed
 from pgwire.server import AuthMethod, ServerConnection
+from pgwire.testing.pki import CertificateAuthority
 from pgwire.tls import TLSError, TLSInfo
 
 __all__ = ["ANSWER", "AuthServer", "Session", "TestPKI", "User"]
@@ -44,86 +43,32 @@ _RECV_TIMEOUT = 30.0
 # certificates
 
 
-_OPENSSL_CONFIG = """\
-[req]
-distinguished_name = dn
-[dn]
-[v3_ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-[v3_server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid, issuer
-[v3_client]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = clientAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid, issuer
-"""
-_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-
-
-def _openssl(directory: Path, *arguments: str) -> None:
-    program = shutil.which("openssl")
-    if program is None:
-        raise RuntimeError("the openssl command-line tool is missing: apt-get install openssl")
-    result = subprocess.run([program, *arguments], cwd=directory, capture_output=True,
-                            text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(arguments)} failed:\n{result.stderr}")
-
-
 @dataclass(frozen=True)
 class TestPKI:
-    """A throwaway CA in ``directory`` with a server certificate for localhost/127.0.0.1."""
+    """A throwaway CA with a server certificate for localhost, 127.0.0.1 and ::1."""
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
-    directory: Path
+    ca: CertificateAuthority
+    server_cert: Path
+    server_key: Path
+
+    @property
+    def directory(self) -> Path:
+        return self.ca.directory
 
     @property
     def ca_cert(self) -> Path:
-        return self.directory / "ca.crt"
-
-    @property
-    def server_cert(self) -> Path:
-        return self.directory / "server.crt"
-
-    @property
-    def server_key(self) -> Path:
-        return self.directory / "server.key"
+        return self.ca.certificate
 
     @classmethod
     def create(cls, directory: Path) -> TestPKI:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "openssl.cnf").write_text(_OPENSSL_CONFIG)
-        _openssl(directory, "req", "-x509", "-new", *_EC_KEY, "-keyout", "ca.key",
-                 "-out", "ca.crt", "-days", "2", "-subj", "/CN=pgwire auth test CA",
-                 "-config", "openssl.cnf", "-extensions", "v3_ca")
-        pki = cls(directory)
-        pki._sign("server", "localhost", "v3_server")
-        return pki
+        ca = CertificateAuthority.create(directory, "pgwire auth test CA")
+        return cls(ca, *ca.issue_server_certificate())
 
     def make_client_cert(self, cn: str) -> tuple[Path, Path]:
         """A client certificate with common name ``cn``: (cert, key), key mode 0600."""
-        stem = f"client-{cn}"
-        self._sign(stem, cn, "v3_client")
-        return self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
-
-    def _sign(self, stem: str, cn: str, extensions: str) -> None:
-        _openssl(self.directory, "req", "-new", *_EC_KEY, "-keyout", f"{stem}.key",
-                 "-out", f"{stem}.csr", "-subj", f"/CN={cn}", "-config", "openssl.cnf")
-        serial = str(abs(hash((stem, cn))) % 2**62 + 1)
-        _openssl(self.directory, "x509", "-req", "-in", f"{stem}.csr", "-CA", "ca.crt",
-                 "-CAkey", "ca.key", "-set_serial", serial, "-days", "2",
-                 "-out", f"{stem}.crt", "-extfile", "openssl.cnf", "-extensions", extensions)
-        (self.directory / f"{stem}.key").chmod(0o600)
+        return self.ca.issue_client_certificate(cn)
 
 
 # ---------------------------------------------------------------------------

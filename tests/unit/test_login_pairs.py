@@ -11,15 +11,13 @@ every case checks that both sides agree (``Authenticated.method`` equals
 the exact error and SQLSTATE. Then protocol 3.2 negotiation, direct TLS,
 byte-at-a-time delivery and a few single cases.
 
-The certificates come from a throwaway CA made with the ``openssl`` tool once
-per session (:func:`make_pki`); tests/unit/test_login_hostile.py shares it.
+The certificates come from throwaway CAs made with :mod:`pgwire.testing.pki`
+once per session (:func:`make_pki`); tests/unit/test_login_hostile.py shares them.
 """
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from pgwire.auth import ScramError, md5_secret, scram_sha_256_secret
 from pgwire.client import ClientConnection
 from pgwire.login import Authenticated, LoginFailed, LoginRefused
 from pgwire.server import AuthMethod, ServerConnection
+from pgwire.testing.pki import CertificateAuthority
 from pgwire.tls import TLSError, load_certificate_der, server_context
 
 USER = "alice"
@@ -43,105 +42,36 @@ ITERATIONS = 32
 # a throwaway PKI
 
 
-_OPENSSL_CONFIG = """\
-[req]
-distinguished_name = dn
-[dn]
-[v3_ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-[v3_server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid, issuer
-[v3_client]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = clientAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid, issuer
-"""
-_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-
-
 @dataclass(frozen=True)
 class PKI:
     """Paths of the throwaway certificates (all keys unencrypted)."""
 
-    directory: Path
-
-    def path(self, name: str) -> Path:
-        return self.directory / name
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.path("ca.crt")
-
-    @property
-    def server_cert(self) -> Path:
-        return self.path("server.crt")
-
-    @property
-    def server_key(self) -> Path:
-        return self.path("server.key")
-
-    @property
-    def client_cert(self) -> tuple[Path, Path]:
-        """Common name ``alice`` (USER), signed by the CA."""
-        return self.path("alice.crt"), self.path("alice.key")
-
-    @property
-    def rogue_server(self) -> tuple[Path, Path]:
-        """A localhost certificate from another CA, which clients do not trust."""
-        return self.path("rogue-server.crt"), self.path("rogue-server.key")
-
-    @property
-    def ed25519_server(self) -> tuple[Path, Path]:
-        """A localhost certificate signed with Ed25519: no channel binding possible."""
-        return self.path("ed-server.crt"), self.path("ed-server.key")
-
-
-def _openssl(directory: Path, *arguments: str) -> None:
-    program = shutil.which("openssl")
-    if program is None:
-        pytest.fail("the openssl command-line tool is missing: apt-get install openssl")
-    result = subprocess.run([program, *arguments], cwd=directory, capture_output=True,
-                            text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
-    assert result.returncode == 0, f"openssl {' '.join(arguments)}:\n{result.stderr}"
-
-
-def _new_ca(directory: Path, stem: str, key: tuple[str, ...]) -> None:
-    _openssl(directory, "req", "-x509", "-new", *key, "-keyout", f"{stem}.key", "-out",
-             f"{stem}.crt", "-days", "2", "-subj", f"/CN={stem}", "-config", "openssl.cnf",
-             "-extensions", "v3_ca")
-
-
-def _sign(directory: Path, stem: str, cn: str, ca: str, *, extensions: str,
-          key: tuple[str, ...] = _EC_KEY) -> None:
-    _openssl(directory, "req", "-new", *key, "-keyout", f"{stem}.key", "-out", f"{stem}.csr",
-             "-subj", f"/CN={cn}", "-config", "openssl.cnf")
-    _openssl(directory, "x509", "-req", "-in", f"{stem}.csr", "-CA", f"{ca}.crt", "-CAkey",
-             f"{ca}.key", "-set_serial", str(len(stem) * 1000 + len(cn)), "-days", "2",
-             "-out", f"{stem}.crt", "-extfile", "openssl.cnf", "-extensions", extensions)
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    #: Common name ``alice`` (USER), signed by the CA.
+    client_cert: tuple[Path, Path]
+    #: A localhost certificate from another CA, which clients do not trust.
+    rogue_server: tuple[Path, Path]
+    #: A localhost certificate signed with Ed25519: no channel binding possible.
+    ed25519_server: tuple[Path, Path]
 
 
 def make_pki(directory: Path) -> PKI:
     """A CA with a localhost server certificate and a client certificate for ``alice``;
     a rogue CA with its own localhost certificate; an Ed25519 server certificate."""
-    (directory / "openssl.cnf").write_text(_OPENSSL_CONFIG)
-    _new_ca(directory, "ca", _EC_KEY)
-    _sign(directory, "server", "localhost", "ca", extensions="v3_server")
-    _sign(directory, "alice", USER, "ca", extensions="v3_client")
-    _new_ca(directory, "rogue-ca", _EC_KEY)
-    _sign(directory, "rogue-server", "localhost", "rogue-ca", extensions="v3_server")
-    _new_ca(directory, "ed-ca", ("-newkey", "ed25519", "-nodes"))
-    _sign(directory, "ed-server", "localhost", "ed-ca", extensions="v3_server",
-          key=("-newkey", "ed25519", "-nodes"))
-    return PKI(directory)
+    ca = CertificateAuthority.create(directory / "ca", "ca")
+    rogue = CertificateAuthority.create(directory / "rogue-ca", "rogue-ca")
+    ed25519 = CertificateAuthority.create(directory / "ed-ca", "ed-ca", key_type="ed25519")
+    server_cert, server_key = ca.issue_server_certificate()
+    return PKI(
+        ca_cert=ca.certificate,
+        server_cert=server_cert,
+        server_key=server_key,
+        client_cert=ca.issue_client_certificate(USER),
+        rogue_server=rogue.issue_server_certificate(),
+        ed25519_server=ed25519.issue_server_certificate(),
+    )
 
 
 @pytest.fixture(scope="session")
