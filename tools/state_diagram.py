@@ -105,7 +105,9 @@ def render() -> str:
         "- PostgreSQL ignores Sync and Flush during COPY FROM STDIN. When a COPY FROM"
         " started by an extended batch whose Sync was already sent, that Sync is"
         " swallowed; the client sends another after CopyDone (as libpq does).",
-        "- DataRow must match the column count of the RowDescription before it.",
+        "- In a simple query, each DataRow must match the column count of the RowDescription"
+        " before it (in the extended protocol a RowDescription answers a Describe, which"
+        " need not be of the portal executed next).",
         "- A FATAL or PANIC ErrorResponse closes the connection in any phase.",
         "- In a SASL exchange, AuthenticationOk is refused before AuthenticationSASLFinal.",
         "",

@@ -31,8 +31,10 @@ from ._states import Phase, Violation
 __all__ = ["Frontend", "FrontendEvent"]
 
 # libpq treats a length over 30,000 bytes on any other type as a lost sync
-# (VALID_LONG_MESSAGE_TYPE in fe-protocol3.c); we refuse it the same way.
-_LONG_TYPES: Final = b"DTdVENA"
+# (VALID_LONG_MESSAGE_TYPE in fe-protocol3.c); we refuse it the same way, except
+# ParameterDescription: PostgreSQL sends one of 40 KB for a statement with
+# 10,000 parameters, and a proxy must pass it.
+_LONG_TYPES: Final = b"DTdVENAt"
 _SHORT_LIMIT: Final = 30000 - 4
 _FRONTEND_TYPED: Final = frozenset(b"QPBDECSHFXdcfp")
 _READY: Final = Phase.READY

@@ -1223,12 +1223,13 @@ class _NoticeFields(Message):
             if value is not None:
                 parts.append(code.encode() + encode_cstring(value, encoding))
         for code, value in self.other:
-            if len(code) != 1 or code == "\0" or ord(code) > 127:
+            # Codes are single bytes; decode maps byte N to chr(N), so any of 1..255.
+            if len(code) != 1 or not 0 < ord(code) < 256:
                 raise LocalProtocolError(
-                    f"notice field code {code!r} must be one non-NUL ASCII character",
+                    f"notice field code {code!r} must be one character from \\x01 to \\xff",
                     SQLSTATE_INVALID_PARAMETER_VALUE,
                 )
-            parts.append(code.encode() + encode_cstring(value, encoding))
+            parts.append(code.encode("latin-1") + encode_cstring(value, encoding))
         parts.append(b"\0")
         return b"".join(parts)
 

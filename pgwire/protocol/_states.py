@@ -238,7 +238,7 @@ class Conversation:
         self.ssl_done = False
         self.gss_done = False
         self.transaction_status = "I"
-        #: Column count of the last RowDescription (-1: none in this cycle).
+        #: Column count of the simple query's last RowDescription (-1: unknown).
         self.row_columns = -1
         self._auth_answer: str | None = None
         self._auth_optional = False
@@ -456,7 +456,10 @@ class Conversation:
         if code == 0x5A:  # Z
             self._ready(buf, start, end, first=False)
         elif code == 0x54:  # T: remember the column count for DataRow checks
-            if end - start >= 2:
+            # Only a simple query's RowDescription surely describes the rows that
+            # follow; in the extended protocol it answers a Describe, and the next
+            # Execute may run another portal.
+            if kind == "Q" and end - start >= 2:
                 self.row_columns = unpack_uint16(buf, start)[0]
         elif code in (0x43, 0x73, 0x49):  # C, s, I end a result
             self.row_columns = -1
