@@ -71,8 +71,9 @@ def describe(message: Message | RawMessage, encoding: str = "utf-8") -> str:
         return f"{name}({', '.join(pairs)})"
     if isinstance(message, ReadyForQuery):
         return f"{name}(status={message.status.value!r})"
-    shown = []
-    for spec in dataclasses.fields(message):  # type: ignore[arg-type]
+    shown: list[str] = []
+    assert dataclasses.is_dataclass(message)
+    for spec in dataclasses.fields(message):
         value = getattr(message, spec.name)
         if spec.default is not dataclasses.MISSING and value == spec.default:
             continue

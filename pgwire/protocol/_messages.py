@@ -1124,17 +1124,23 @@ def _decode_data_rows_py(  # noqa: PLR0917 - the C accelerator's positional sign
 RowRunDecoder = Callable[
     [bytes, int, int, int, int, int, type[DataRow]], tuple[list[DataRow], int]
 ]
-decode_data_rows: RowRunDecoder = _decode_data_rows_py
-#: True when the optional C accelerator is in use (see setup.py).
-SPEEDUPS = False
-if not os.environ.get("PGWIRE_PURE_PYTHON"):
+
+
+def _accelerated_decoder() -> RowRunDecoder | None:
+    """The C run decoder, unless PGWIRE_PURE_PYTHON is set or it was not built."""
+    if os.environ.get("PGWIRE_PURE_PYTHON"):
+        return None
     try:
-        from ._speedups import decode_data_rows as _decode_data_rows_c
+        from ._speedups import decode_data_rows as accelerated  # noqa: PLC0415 - optional
     except ImportError:  # pragma: no cover - depends on the build
-        pass
-    else:
-        decode_data_rows = _decode_data_rows_c
-        SPEEDUPS = True
+        return None
+    return accelerated
+
+
+_ACCELERATED = _accelerated_decoder()
+#: True when the optional C accelerator is in use (see setup.py).
+SPEEDUPS = _ACCELERATED is not None
+decode_data_rows: RowRunDecoder = _ACCELERATED or _decode_data_rows_py
 
 
 @_message

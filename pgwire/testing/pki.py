@@ -285,10 +285,8 @@ def _subject(common_name: str) -> tuple[str, ...]:
 
 
 def _alt_name(host: str) -> str:
-    try:
+    with contextlib.suppress(ValueError):
         return f"IP:{ipaddress.ip_address(host)}"
-    except ValueError:
-        pass
     if not _DNS_NAME.fullmatch(host):
         raise ValueError(f"not a DNS name or IP address: {host!r}")
     return f"DNS:{host}"
