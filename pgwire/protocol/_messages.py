@@ -1067,24 +1067,23 @@ def decode_data_row(buf: bytes, pos: int, end: int) -> DataRow:
     pos += 2
     values: list[bytes | None] = []
     append = values.append
-    try:
-        for _ in range(count):
-            size = unpack_int32(buf, pos)[0]
-            pos += 4
-            if size < 0:
-                if size != -1:
-                    raise RemoteProtocolError(f"invalid column length {size} in DataRow")
-                append(None)
-            else:
-                nxt = pos + size
-                if nxt > end:
-                    raise insufficient_data()
-                append(buf[pos:nxt])
-                pos = nxt
-    except _struct.error:
-        raise insufficient_data() from None
-    if pos > end:
-        raise insufficient_data()
+    for _ in range(count):
+        # Bound every read by the frame's end, not the buffer's: the next frame
+        # follows in the same buffer.
+        if pos + 4 > end:
+            raise insufficient_data()
+        size = unpack_int32(buf, pos)[0]
+        pos += 4
+        if size < 0:
+            if size != -1:
+                raise RemoteProtocolError(f"invalid column length {size} in DataRow")
+            append(None)
+        else:
+            nxt = pos + size
+            if nxt > end:
+                raise insufficient_data()
+            append(buf[pos:nxt])
+            pos = nxt
     if pos != end:
         raise invalid_format(f"{end - pos} unexpected trailing bytes")
     row = _new(DataRow)

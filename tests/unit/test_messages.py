@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import pgwire as pw
+from pgwire.protocol._messages import _decode_data_rows_py, decode_data_row
 
 from .helpers import cstr, int16, int32, protocol_error
 
@@ -704,3 +705,12 @@ def test_sasl_mechanism_is_always_utf_8() -> None:
     # The mechanism name is ASCII on the wire whatever client_encoding says.
     encoded = pw.SASLInitialResponse(mechanism="SCRAM-SHA-256", data=None).encode("utf-16")
     assert encoded[5:19] == b"SCRAM-SHA-256\x00"
+
+
+def test_data_row_reads_stop_at_the_frame_not_the_buffer() -> None:
+    # One column announced, its length missing: the bytes after the frame (the
+    # next frame's) must not be read as that length. Found by the chunking test.
+    stream = b"D\x00\x00\x00\x06\x00\x01" + b"\x80\x00\x00\x00"
+    with protocol_error(pw.RemoteProtocolError, "08P01", "insufficient data"):
+        decode_data_row(stream, 5, 7)
+    assert _decode_data_rows_py(stream, 0, len(stream), 1 << 20, -1, 10, pw.DataRow) == ([], 0)
