@@ -168,6 +168,7 @@ __all__ = [
     "row_descriptions",
     "sasl_initial_responses",
     "sasl_responses",
+    "split",
     "ssl_requests",
     "ssl_responses",
     "standby_status_updates",
@@ -1184,7 +1185,14 @@ def _chunkings(draw: st.DrawFn, data: bytes, max_chunks: int) -> list[bytes]:
     if not data:
         return []
     size = st.one_of(st.integers(1, 8), st.integers(1, len(data)))
-    sizes = draw(st.lists(size, max_size=max_chunks - 1))
+    return split(data, draw(st.lists(size, max_size=max_chunks - 1)))
+
+
+def split(data: bytes, sizes: list[int]) -> list[bytes]:
+    """Cut ``data`` into pieces of the given sizes, the rest as a last piece.
+
+    Sizes past the end are ignored; the pieces always join back to ``data``.
+    """
     chunks: list[bytes] = []
     pos = 0
     for step in sizes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -59,9 +59,15 @@ def protocol_error(
     assert info.value.sqlstate == sqlstate, str(info.value)
 
 
-def drain(connection: Connection) -> list[Event]:
-    """Every event available now (NEED_DATA excluded)."""
-    events: list[Event] = []
+class EventSource(Protocol):
+    """Anything with next_event(): Frontend, Backend, ClientConnection, ServerConnection."""
+
+    def next_event(self) -> Any: ...
+
+
+def drain(connection: EventSource) -> list[Any]:
+    """Every event available now (NEED_DATA excluded; stops after ConnectionClosed)."""
+    events: list[Any] = []
     while True:
         event = connection.next_event()
         if event is pw.NEED_DATA:

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 import pgwire as pw
 from pgwire.protocol import _messages
 from pgwire.testing import strategies as ps
+from pgwire.testing.strategies import split
 
 Connection = pw.Frontend | pw.Backend
 Event = pw.FrontendEvent | pw.BackendEvent
@@ -210,16 +211,7 @@ def check_protocol_error(connection: Connection, exc: pw.ProtocolError) -> None:
             assert again.value is exc
 
 
-def cut(data: bytes, sizes: list[int]) -> list[bytes]:
-    chunks, pos = [], 0
-    for size in sizes:
-        if pos >= len(data):
-            break
-        chunks.append(data[pos : pos + size])
-        pos += size
-    if pos < len(data):
-        chunks.append(data[pos:])
-    return chunks
+cut = split
 
 
 CHUNK_SIZES = st.lists(st.integers(1, 64), max_size=8)

@@ -43,6 +43,7 @@ from pgwire.login import LoginFailed, LoginRefused
 from pgwire.server import ServerConnection
 from pgwire.tls import TLSError, TLSSession, load_certificate_der, server_context
 
+from .helpers import drain
 from .test_login_pairs import PKI, USER, LoginPair, make_pki
 
 PASSWORD = "hunter2"
@@ -80,18 +81,6 @@ def split_frames(data: bytes) -> list[tuple[bytes, bytes]]:
         frames.append((data[:1], data[5:1 + length]))
         data = data[1 + length:]
     return frames
-
-
-def drain(connection: ClientConnection | ServerConnection) -> list[Any]:
-    """Events until NEED_DATA (or the end of the stream); exceptions propagate."""
-    events: list[Any] = []
-    while True:
-        event = connection.next_event()
-        if event is pw.NEED_DATA:
-            return events
-        events.append(event)
-        if isinstance(event, pw.ConnectionClosed):
-            return events
 
 
 def expect_error(call: Callable[[], object], error_class: type[pw.ProtocolError],
