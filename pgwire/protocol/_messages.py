@@ -209,10 +209,12 @@ class StartupMessage(Message):
 
     @property
     def major_version(self) -> int:
+        """The requested major protocol version (3)."""
         return self.protocol_version >> 16
 
     @property
     def minor_version(self) -> int:
+        """The requested minor protocol version (0 or 2)."""
         return self.protocol_version & 0xFFFF
 
     def get(self, name: str, default: str | None = None) -> str | None:
@@ -762,6 +764,8 @@ class Authentication(Message):
 
     @classmethod
     def decode(cls: type[_M], body: bytes, encoding: str = "utf-8") -> _M:
+        """Decode an 'R' body; the subtype code picks the class. Called on a
+        subclass, a body of another subtype raises RemoteProtocolError."""
         message = decode_authentication(Reader(bytes(body), 0, len(body), encoding))
         if not isinstance(message, cls):
             raise RemoteProtocolError(
@@ -1055,6 +1059,7 @@ class DataRow(Message):
 
     @classmethod
     def decode(cls, body: bytes, encoding: str = "utf-8") -> DataRow:
+        """Decode a DataRow body; values are bytes (None for NULL), as sent."""
         buf = bytes(body)
         return decode_data_row(buf, 0, len(buf))
 
