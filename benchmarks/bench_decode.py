@@ -24,19 +24,14 @@ Prints messages/second (best of ``--repeat`` runs) and the line
 
 from __future__ import annotations
 
-import argparse
-import cProfile
-import gc
-import platform
-import pstats
-import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from importlib.metadata import version
 
 import pygwire
 import pygwire.messages as pg_messages
-from _stream import CHUNK_SIZE, DEFAULT_ROWS, QUERY, Stream, build_stream, chunks, login_bytes
+from _harness import Runner, measure, parse_options, print_environment, print_rates, profile
+from _stream import QUERY, Stream, build_stream, chunks, login_bytes
 from pygwire.constants import ConnectionPhase
 
 import pgwire as pw
@@ -44,9 +39,6 @@ from pgwire.protocol._messages import SPEEDUPS
 
 #: Ratio of (a) over (b) the issue asks for.
 TARGET_RATIO = 5.0
-
-#: A timed run: takes the chunks, returns (messages taken, seconds).
-Runner = Callable[[list[bytes]], tuple[int, float]]
 
 
 # -- pgwire ------------------------------------------------------------------------
@@ -65,7 +57,7 @@ def ready_frontend(decode: Collection[bytes] | None) -> pw.Frontend:
     return frontend
 
 
-def pgwire_runner(decode: Collection[bytes] | None) -> Runner:
+def pgwire_runner(decode: Collection[bytes] | None) -> Runner[int]:
     def run(pieces: list[bytes]) -> tuple[int, float]:
         frontend = ready_frontend(decode)
         receive_data = frontend.receive_data
@@ -167,43 +159,11 @@ def _expect(condition: bool, what: str) -> None:
 # -- driver ------------------------------------------------------------------------
 
 
-def measure(runners: dict[str, Runner], pieces: list[bytes], expected: int, repeat: int,
-            disable_gc: bool) -> dict[str, float]:
-    """Best time per variant; variants take turns so drift hits all alike."""
-    best = {name: float("inf") for name in runners}
-    for _ in range(repeat):
-        for name, runner in runners.items():
-            gc.collect()
-            if disable_gc:
-                gc.disable()
-            try:
-                count, seconds = runner(pieces)
-            finally:
-                gc.enable()
-            if count != expected:
-                raise SystemExit(f"{name}: took {count} messages, expected {expected}")
-            best[name] = min(best[name], seconds)
-    return best
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS,
-                        help=f"DataRows in the stream (default {DEFAULT_ROWS:,})")
-    parser.add_argument("--repeat", type=int, default=5,
-                        help="timed runs per variant; the best is reported (default 5)")
-    parser.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
-                        help=f"bytes per receive_data()/feed() call (default {CHUNK_SIZE})")
-    parser.add_argument("--disable-gc", action="store_true",
-                        help="turn the cyclic garbage collector off during timed runs")
-    parser.add_argument("--profile", action="store_true",
-                        help="after timing, profile one run of variant (a) with cProfile")
-    args = parser.parse_args(argv)
-    if args.rows < 1 or args.repeat < 1 or args.chunk_size < 1:
-        parser.error("--rows, --repeat and --chunk-size must be positive")
-
-    stream = build_stream(args.rows)
-    pieces = chunks(stream.data, args.chunk_size)
+    options = parse_options(__doc__, argv, fed_by="receive_data()/feed() call",
+                            profiled="one run of variant (a)")
+    stream = build_stream(options.rows)
+    pieces = chunks(stream.data, options.chunk_size)
     check_pgwire(stream, pieces, None)
     check_pgwire(stream, pieces, {b"T", b"C", b"Z"})
     check_pygwire(stream, pieces)
@@ -214,41 +174,32 @@ def main(argv: list[str] | None = None) -> None:
         "c": "(c) pgwire Frontend, decode={T,C,Z}, rows raw",
         "d": "(d) pygwire FrontendConnection (+ state machine)",
     }
-    runners: dict[str, Runner] = {
+    runners: dict[str, Runner[int]] = {
         "a": pgwire_runner(None),
         "b": pygwire_decoder_runner,
         "c": pgwire_runner({b"T", b"C", b"Z"}),
         "d": pygwire_connection_runner,
     }
-    best = measure(runners, pieces, stream.messages, args.repeat, args.disable_gc)
+
+    def check_count(name: str, count: int) -> None:
+        if count != stream.messages:
+            raise SystemExit(f"{name}: took {count} messages, expected {stream.messages}")
+
+    best = measure(runners, pieces, options.repeat, options.disable_gc, check_count)
 
     megabytes = len(stream.data) / 1e6
     print(f"decode benchmark: {stream.rows:,} DataRows, {stream.messages:,} messages, "
-          f"{megabytes:.1f} MB in {len(pieces)} chunks of {args.chunk_size:,} bytes")
-    print(f"Python {platform.python_version()} ({sys.implementation.name}), "
-          f"pgwire {pw.__version__} (C accelerator {'on' if SPEEDUPS else 'off'}), "
-          f"pygwire {version('pygwire')}; best of {args.repeat} runs; "
-          f"gc {'DISABLED' if args.disable_gc else 'enabled'} during timed runs")
-    for key, label in labels.items():
-        seconds = best[key]
-        print(f"  {label:<50} {stream.messages / seconds:>13,.0f} msg/s "
-              f"{megabytes / seconds:>8.1f} MB/s {seconds:>8.3f} s")
+          f"{megabytes:.1f} MB in {len(pieces)} chunks of {options.chunk_size:,} bytes")
+    print_environment(f"pgwire {pw.__version__} (C accelerator {'on' if SPEEDUPS else 'off'}), "
+                      f"pygwire {version('pygwire')}", options)
+    print_rates(labels, best, stream.messages, megabytes, width=50)
     ratio = best["b"] / best["a"]
     print(f"ratio pgwire/pygwire: {ratio:.2f}x")
     print(f"  target >= {TARGET_RATIO:.0f}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'}")
     print(f"ratio pgwire/pygwire-connection: {best['d'] / best['a']:.2f}x")
     print(f"ratio pgwire-rows-raw/pgwire: {best['a'] / best['c']:.2f}x")
-    if args.profile:
+    if options.profile:
         profile(pgwire_runner(None), pieces)
-
-
-def profile(runner: Runner, pieces: list[bytes]) -> None:
-    """One untimed run under cProfile (which inflates small calls: read the
-    split between functions, not the totals)."""
-    profiler = cProfile.Profile()
-    profiler.runcall(runner, pieces)
-    print()
-    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(15)
 
 
 if __name__ == "__main__":

@@ -19,17 +19,11 @@ Prints messages/second and MB/s (best of ``--repeat`` runs) and the line
 
 from __future__ import annotations
 
-import argparse
-import cProfile
-import gc
-import platform
-import pstats
 import struct
-import sys
 import time
-from collections.abc import Callable
 
-from _stream import CHUNK_SIZE, DEFAULT_ROWS, Stream, build_stream, chunks
+from _harness import Runner, measure, parse_options, print_environment, print_rates, profile
+from _stream import Stream, build_stream, chunks
 
 import pgwire as pw
 
@@ -38,11 +32,11 @@ TARGET_RATE = 2_000_000
 
 _HEADER = struct.Struct("!ci")
 
-#: A timed run: takes the chunks, returns (frames, bytes framed, seconds).
-Runner = Callable[[list[bytes]], tuple[int, int, float]]
+#: What a framing run is checked by: (frames cut, bytes framed).
+Framed = tuple[int, int]
 
 
-def receive_buffer_runner(pieces: list[bytes]) -> tuple[int, int, float]:
+def receive_buffer_runner(pieces: list[bytes]) -> tuple[Framed, float]:
     buffer = pw.ReceiveBuffer()
     feed = buffer.feed
     next_frame = buffer.next_frame
@@ -53,7 +47,7 @@ def receive_buffer_runner(pieces: list[bytes]) -> tuple[int, int, float]:
         while next_frame() is not None:
             count += 1
     seconds = time.perf_counter() - start
-    return count, sum(map(len, pieces)) - len(buffer), seconds
+    return (count, sum(map(len, pieces)) - len(buffer)), seconds
 
 
 class NaiveFramer:
@@ -81,7 +75,7 @@ class NaiveFramer:
         return frame
 
 
-def naive_framer_runner(pieces: list[bytes]) -> tuple[int, int, float]:
+def naive_framer_runner(pieces: list[bytes]) -> tuple[Framed, float]:
     framer = NaiveFramer()
     feed = framer.feed
     next_frame = framer.next_frame
@@ -92,10 +86,10 @@ def naive_framer_runner(pieces: list[bytes]) -> tuple[int, int, float]:
         while next_frame() is not None:
             count += 1
     seconds = time.perf_counter() - start
-    return count, sum(map(len, pieces)) - len(framer.buf), seconds
+    return (count, sum(map(len, pieces)) - len(framer.buf)), seconds
 
 
-def naive_inline_runner(pieces: list[bytes]) -> tuple[int, int, float]:
+def naive_inline_runner(pieces: list[bytes]) -> tuple[Framed, float]:
     """The same framer written into the loop: no call per frame."""
     buf = bytearray()
     unpack = _HEADER.unpack
@@ -112,7 +106,7 @@ def naive_inline_runner(pieces: list[bytes]) -> tuple[int, int, float]:
             del buf[:size]
             count += 1
     seconds = time.perf_counter() - start
-    return count, sum(map(len, pieces)) - len(buf), seconds
+    return (count, sum(map(len, pieces)) - len(buf)), seconds
 
 
 def check_frames(stream: Stream, pieces: list[bytes]) -> None:
@@ -138,43 +132,10 @@ def check_frames(stream: Stream, pieces: list[bytes]) -> None:
         raise SystemExit("the naive framer cuts the stream differently")
 
 
-def measure(runners: dict[str, Runner], pieces: list[bytes], stream: Stream, repeat: int,
-            disable_gc: bool) -> dict[str, float]:
-    """Best time per variant; variants take turns so drift hits both alike."""
-    best = {name: float("inf") for name in runners}
-    for _ in range(repeat):
-        for name, runner in runners.items():
-            gc.collect()
-            if disable_gc:
-                gc.disable()
-            try:
-                count, framed, seconds = runner(pieces)
-            finally:
-                gc.enable()
-            if count != stream.messages or framed != len(stream.data):
-                raise SystemExit(f"{name}: framed {count} messages / {framed} bytes")
-            best[name] = min(best[name], seconds)
-    return best
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS,
-                        help=f"DataRows in the stream (default {DEFAULT_ROWS:,})")
-    parser.add_argument("--repeat", type=int, default=5,
-                        help="timed runs per variant; the best is reported (default 5)")
-    parser.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
-                        help=f"bytes per feed (default {CHUNK_SIZE})")
-    parser.add_argument("--disable-gc", action="store_true",
-                        help="turn the cyclic garbage collector off during timed runs")
-    parser.add_argument("--profile", action="store_true",
-                        help="after timing, profile one ReceiveBuffer run with cProfile")
-    args = parser.parse_args(argv)
-    if args.rows < 1 or args.repeat < 1 or args.chunk_size < 1:
-        parser.error("--rows, --repeat and --chunk-size must be positive")
-
-    stream = build_stream(args.rows)
-    pieces = chunks(stream.data, args.chunk_size)
+    options = parse_options(__doc__, argv, fed_by="feed", profiled="one ReceiveBuffer run")
+    stream = build_stream(options.rows)
+    pieces = chunks(stream.data, options.chunk_size)
     check_frames(stream, pieces)
 
     labels = {
@@ -182,37 +143,29 @@ def main(argv: list[str] | None = None) -> None:
         "naive": "naive bytearray framer (baseline)",
         "inline": "naive framer inlined, no call/frame",
     }
-    runners: dict[str, Runner] = {
+    runners: dict[str, Runner[Framed]] = {
         "pgwire": receive_buffer_runner,
         "naive": naive_framer_runner,
         "inline": naive_inline_runner,
     }
-    best = measure(runners, pieces, stream, args.repeat, args.disable_gc)
+
+    def check_framed(name: str, framed: Framed) -> None:
+        count, framed_bytes = framed
+        if count != stream.messages or framed_bytes != len(stream.data):
+            raise SystemExit(f"{name}: framed {count} messages / {framed_bytes} bytes")
+
+    best = measure(runners, pieces, options.repeat, options.disable_gc, check_framed)
 
     megabytes = len(stream.data) / 1e6
     print(f"framing benchmark: {stream.messages:,} messages, {megabytes:.1f} MB "
-          f"in {len(pieces)} chunks of {args.chunk_size:,} bytes")
-    print(f"Python {platform.python_version()} ({sys.implementation.name}), "
-          f"pgwire {pw.__version__}; best of {args.repeat} runs; "
-          f"gc {'DISABLED' if args.disable_gc else 'enabled'} during timed runs")
-    for key, label in labels.items():
-        seconds = best[key]
-        print(f"  {label:<36} {stream.messages / seconds:>13,.0f} msg/s "
-              f"{megabytes / seconds:>8.1f} MB/s {seconds:>8.3f} s")
+          f"in {len(pieces)} chunks of {options.chunk_size:,} bytes")
+    print_environment(f"pgwire {pw.__version__}", options)
+    print_rates(labels, best, stream.messages, megabytes, width=36)
     rate = stream.messages / best["pgwire"]
     print(f"ratio pgwire/naive: {best['naive'] / best['pgwire']:.2f}x")
     print(f"  target >= {TARGET_RATE:,} msg/s: {'met' if rate >= TARGET_RATE else 'NOT met'}")
-    if args.profile:
+    if options.profile:
         profile(receive_buffer_runner, pieces)
-
-
-def profile(runner: Runner, pieces: list[bytes]) -> None:
-    """One untimed run under cProfile (which inflates small calls: read the
-    split between functions, not the totals)."""
-    profiler = cProfile.Profile()
-    profiler.runcall(runner, pieces)
-    print()
-    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(15)
 
 
 if __name__ == "__main__":
