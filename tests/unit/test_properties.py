@@ -29,7 +29,7 @@ PER_CLASS = settings(max_examples=30, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow])
 STREAMS = settings(max_examples=60, deadline=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SLOW_STREAMS = settings(STREAMS, max_examples=3000)
+SLOW_STREAMS = settings(STREAMS, max_examples=900)
 
 # Every concrete message class pgwire exports.
 MESSAGE_CLASSES = sorted(
@@ -305,7 +305,7 @@ def test_events_do_not_depend_on_how_the_stream_is_cut(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(900)
 @SLOW_STREAMS
 @given(transcript=ps.conversations(max_cycles=8), data=st.data())
 def test_events_do_not_depend_on_how_the_stream_is_cut_slow(
@@ -476,7 +476,7 @@ def test_frontend_and_backend_agree_at_every_step(transcript: ps.Transcript) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(900)
 @SLOW_STREAMS
 @given(ps.conversations(max_cycles=10))
 def test_frontend_and_backend_agree_at_every_step_slow(transcript: ps.Transcript) -> None:
