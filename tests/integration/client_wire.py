@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from types import TracebackType
 
 import pgwire as pw
 from pgwire.client import ClientConnection
 from pgwire.testing.cluster import PostgresCluster
+
+from .wire import SocketOwner
 
 __all__ = ["SOCKET_TIMEOUT", "ClientSession", "data_rows", "is_ready", "open_session"]
 
@@ -39,7 +40,7 @@ def data_rows(events: list[Event]) -> list[tuple[bytes | None, ...]]:
     return [event.values for event in events if isinstance(event, pw.DataRow)]
 
 
-class ClientSession:
+class ClientSession(SocketOwner):
     """One socket and one ClientConnection that speaks over it."""
 
     def __init__(self, sock: socket.socket, conn: ClientConnection) -> None:
@@ -102,19 +103,6 @@ class ClientSession:
         assert not errors, errors
         return data_rows(events)
 
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> ClientSession:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_session(cluster: PostgresCluster, conn: ClientConnection) -> ClientSession:

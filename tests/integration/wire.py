@@ -13,6 +13,7 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping
 from types import TracebackType
+from typing import Self
 
 import pgwire as pw
 from pgwire.testing.cluster import PostgresCluster
@@ -51,7 +52,27 @@ def without_location(event: Event) -> Event:
     return event
 
 
-class WireClient:
+class SocketOwner:
+    """Closes ``self.sock`` on close() and at the end of a ``with`` block."""
+
+    sock: socket.socket
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class WireClient(SocketOwner):
     """One socket and one :class:`pgwire.Frontend` that speaks over it.
 
     ``recv_size`` is the most bytes read per ``recv`` call; 1 feeds the Frontend
@@ -139,19 +160,6 @@ class WireClient:
         assert self.frontend.buffered == 0, "bytes arrived with the SSLResponse"
         self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
 
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> WireClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_socket(cluster: PostgresCluster) -> socket.socket:
