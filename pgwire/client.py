@@ -16,7 +16,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Final, Literal
 
-from .auth import ScramClient, ScramError, md5_password_response
+from .auth import ScramClient, ScramError, ScramKeys, md5_password_response
 from .auth.scram import DEFAULT_MAX_ITERATIONS, SCRAM_SHA_256_PLUS
 from .login import LoginRefused
 from .protocol import (
@@ -77,6 +77,11 @@ class ClientConnection:
       cleartext, MD5, trust, plain SCRAM), ``disable``.
     - ``allow_plaintext_password``: send a cleartext or MD5 password over an
       unencrypted connection (refused by default).
+    - ``password`` may also be the :class:`~pgwire.auth.ScramKeys` a
+      :class:`~pgwire.auth.ScramServer` recovered (SCRAM logins only).
+    - ``relay_authentication``: answer nothing; authentication requests come
+      back as events for someone else (a proxy's client) to answer, and the
+      answers go in with :meth:`send`.
 
     Usage with any transport::
 
@@ -107,8 +112,8 @@ class ClientConnection:
     __slots__ = (
         "_channel", "_error", "_password", "_password_method", "_scram", "_started",
         "_startup", "allow_plaintext_password", "authentication_method",
-        "channel_binding", "frontend", "max_scram_iterations", "server_hostname",
-        "ssl_context", "sslmode", "sslnegotiation", "tls_info",
+        "channel_binding", "frontend", "max_scram_iterations", "relay_authentication",
+        "server_hostname", "ssl_context", "sslmode", "sslnegotiation", "tls_info",
     )
 
     def __init__(
@@ -116,7 +121,7 @@ class ClientConnection:
         *,
         user: str,
         database: str | None = None,
-        password: str | bytes | None = None,
+        password: str | bytes | ScramKeys | None = None,
         parameters: Mapping[str, str] | None = None,
         sslmode: SSLMode = "prefer",
         sslnegotiation: SSLNegotiation = "postgres",
@@ -131,6 +136,7 @@ class ClientConnection:
         max_scram_iterations: int = DEFAULT_MAX_ITERATIONS,
         max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
         decode: Collection[bytes] | None = None,
+        relay_authentication: bool = False,
     ) -> None:
         if sslmode not in SSLMODES:
             raise ValueError(f"sslmode must be one of {', '.join(SSLMODES)}, not {sslmode!r}")
@@ -168,6 +174,9 @@ class ClientConnection:
                                          sslkey=sslkey)
         self.ssl_context = ssl_context
         self._password = password
+        #: Return authentication requests as events without answering them
+        #: (a proxy relaying its client's own login); TLS is still handled.
+        self.relay_authentication = relay_authentication
         self._channel = SecureChannel(self.frontend)
         #: What the TLS handshake established, once it has.
         self.tls_info: TLSInfo | None = None
@@ -244,7 +253,7 @@ class ClientConnection:
                                 AuthenticationSASLFinal, AuthenticationOk,
                                 AuthenticationCleartextPassword, AuthenticationMD5Password,
                                 AuthenticationGSS, AuthenticationSSPI,
-                                AuthenticationKerberosV5)):
+                                AuthenticationKerberosV5)) and not self.relay_authentication:
             self._authenticate(event)
         elif isinstance(event, ConnectionClosed) and tls is not None and (
             not tls.handshake_complete
@@ -276,6 +285,9 @@ class ClientConnection:
             raise LoginRefused(f"the server asks for a {what} and no password was given",
                                _SQLSTATE_AUTHORIZATION)
         password = self._password
+        if isinstance(password, ScramKeys):
+            raise LoginRefused(f"the server asks for a {what}, but only SCRAM keys are known "
+                               "for this user", _SQLSTATE_AUTHORIZATION)
         return password.encode() if isinstance(password, str) else bytes(password)
 
     def _refuse_plaintext(self, what: str) -> None:

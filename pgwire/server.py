@@ -90,6 +90,10 @@ class ServerConnection:
     :class:`~pgwire.login.LoginFailed` (the FATAL error is queued; close after
     writing it). SSLRequest, GSSENCRequest and DirectTLSHandshake events are
     answered for you and also returned, for logging.
+
+    Relaying instead (a proxy passing the client's login to a server): do not
+    call :meth:`authenticate`; :meth:`send` the server's authentication
+    requests, and the client's answers come back as plain events.
     """
 
     __slots__ = ("_auth_method", "_channel", "_error", "_events", "_md5_salt", "_mock_key",
@@ -193,7 +197,9 @@ class ServerConnection:
             negotiation = self.backend.protocol_negotiation
             if negotiation is not None:
                 self.send(negotiation)
-        elif isinstance(event, (PasswordMessage, SASLInitialResponse, SASLResponse)):
+        elif isinstance(event, (PasswordMessage, SASLInitialResponse, SASLResponse)) and (
+            self._auth_method is not None
+        ):
             return self._password_message(event)
         elif isinstance(event, ConnectionClosed) and tls is not None and (
             not tls.handshake_complete

@@ -1,0 +1,131 @@
+"""What every adapter shares: carrying out a session's actions in order.
+
+An adapter subclasses :class:`SessionDriver` and supplies the eight
+primitives (write, connect, close, timers, jobs) for its I/O library; the
+dispatch, and so the behaviour, is the same for all of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+
+from ..middleware.base import JobOutcome
+from ..proxy import (
+    Action,
+    Address,
+    CancelTimer,
+    CloseClient,
+    CloseUpstream,
+    OpenUpstream,
+    RunJob,
+    SendToClient,
+    SendToUpstream,
+    Session,
+    StartTimer,
+)
+
+__all__ = ["SessionDriver", "parse_address", "run_job"]
+
+
+def run_job(job: Callable[[], object]) -> JobOutcome:
+    """Run a middleware job, catching what it raises (in a worker thread)."""
+    try:
+        return JobOutcome(job())
+    except BaseException as exc:  # reported to the session, never lost
+        return JobOutcome(error=exc)
+
+
+def parse_address(text: str, default_port: int = 5432) -> Address:
+    """``host:port``, ``[v6]:port``, ``host`` or a Unix socket path (``/...``)."""
+    if text.startswith("/"):
+        return text
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"no host in address {text!r}")
+    try:
+        number = int(port) if port else default_port
+    except ValueError:
+        raise ValueError(f"port must be a number in address {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in address {text!r}")
+    return host, number
+
+
+class SessionDriver(ABC):
+    """Drives one :class:`~pgwire.proxy.Session`: feeds it events, performs actions."""
+
+    __slots__ = ("closed_client", "session")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.closed_client = False
+
+    def perform(self, actions: Iterable[Action]) -> None:
+        """Carry out ``actions`` in order."""
+        for action in actions:
+            kind = type(action)
+            if kind is SendToUpstream:
+                assert isinstance(action, SendToUpstream)
+                self.send_upstream(action.link, action.data)
+            elif kind is SendToClient:
+                assert isinstance(action, SendToClient)
+                self.send_client(action.data)
+            elif kind is StartTimer:
+                assert isinstance(action, StartTimer)
+                self.start_timer(action.name, action.seconds)
+            elif kind is CancelTimer:
+                assert isinstance(action, CancelTimer)
+                self.cancel_timer(action.name)
+            elif kind is OpenUpstream:
+                assert isinstance(action, OpenUpstream)
+                self.open_upstream(action.link, action.address, action.timeout)
+            elif kind is CloseUpstream:
+                assert isinstance(action, CloseUpstream)
+                self.close_upstream(action.link)
+            elif kind is RunJob:
+                assert isinstance(action, RunJob)
+                self.run_job(action.job_id, action.job)
+            elif kind is CloseClient:
+                self.closed_client = True
+                self.close_client()
+            else:
+                raise TypeError(f"unknown action {action!r}")
+
+    @abstractmethod
+    def send_client(self, data: bytes) -> None:
+        """Write to the client."""
+
+    @abstractmethod
+    def send_upstream(self, link: int, data: bytes) -> None:
+        """Write to an upstream link."""
+
+    @abstractmethod
+    def open_upstream(self, link: int, address: Address, timeout: float) -> None:
+        """Start connecting; report to the session when done or failed."""
+
+    @abstractmethod
+    def close_upstream(self, link: int) -> None:
+        """Close an upstream link after writing what is queued."""
+
+    @abstractmethod
+    def close_client(self) -> None:
+        """Close the client (after writing what is queued) and every link."""
+
+    @abstractmethod
+    def start_timer(self, name: str, seconds: float) -> None:
+        """Call ``session.timer_fired(name)`` later (replacing a timer of that name)."""
+
+    @abstractmethod
+    def cancel_timer(self, name: str) -> None:
+        """Stop a timer."""
+
+    @abstractmethod
+    def run_job(self, job_id: int, job: Callable[[], object]) -> None:
+        """Run ``job`` in a worker thread; then ``session.job_done``."""

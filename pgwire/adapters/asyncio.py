@@ -1,0 +1,324 @@
+"""Run the proxy on asyncio (with uvloop when it is installed).
+
+Transports and protocols, not streams: bytes go from ``data_received`` into the
+sans-IO session and its actions go straight to ``transport.write``. When one
+side's write buffer fills, the other side stops reading until it drains, so a
+slow client cannot make the proxy hold a fast server's whole result.
+
+Usage::
+
+    proxy = await start_proxy(ProxyConfig(upstream=("127.0.0.1", 5432)),
+                              [("127.0.0.1", 6432)])
+    await proxy.serve_until_shutdown()      # or: await proxy.shutdown()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import importlib
+import os
+import socket
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from ..middleware.base import JobOutcome
+from ..proxy import Address, Proxy, ProxyConfig, Session, format_address
+from ._base import SessionDriver, run_job
+
+__all__ = ["AsyncioProxy", "new_event_loop", "run", "start_proxy"]
+
+
+class _Side(asyncio.Protocol):
+    """One socket of a session: the client's, or an upstream link."""
+
+    __slots__ = ("driver", "link", "transport")
+
+    def __init__(self, driver: _Driver, link: int | None) -> None:
+        self.driver = driver
+        self.link = link  # None: the client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        driver = self.driver
+        if self.link is None:
+            driver.perform(driver.session.client_data(data))
+        else:
+            driver.perform(driver.session.upstream_data(data, self.link))
+
+    def eof_received(self) -> bool:
+        self.data_received(b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        driver = self.driver
+        if self.link is None:
+            driver.client_lost()
+        else:
+            driver.link_lost(self.link)
+
+    def pause_writing(self) -> None:
+        self.driver.pause_others(self, True)
+
+    def resume_writing(self) -> None:
+        self.driver.pause_others(self, False)
+
+
+class _Driver(SessionDriver):
+    __slots__ = ("client", "done", "links", "loop", "pending", "server", "timers")
+
+    def __init__(self, server: AsyncioProxy, session: Session) -> None:
+        super().__init__(session)
+        self.server = server
+        self.loop = server.loop
+        self.client = _Side(self, None)
+        self.links: dict[int, _Side] = {}
+        self.pending: dict[int, asyncio.Task[None]] = {}
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.done = self.loop.create_future()
+
+    # -- primitives ---------------------------------------------------------------------
+
+    def send_client(self, data: bytes) -> None:
+        transport = self.client.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def send_upstream(self, link: int, data: bytes) -> None:
+        side = self.links.get(link)
+        if side is not None and side.transport is not None and not side.transport.is_closing():
+            side.transport.write(data)
+
+    def open_upstream(self, link: int, address: Address, timeout: float) -> None:
+        self.pending[link] = self.loop.create_task(self._connect(link, address, timeout))
+
+    async def _connect(self, link: int, address: Address, timeout: float) -> None:
+        side = _Side(self, link)
+        try:
+            async with asyncio.timeout(timeout):
+                if isinstance(address, str):
+                    await self.loop.create_unix_connection(lambda: side, address)
+                else:
+                    await self.loop.create_connection(lambda: side, address[0], address[1])
+        except (OSError, TimeoutError) as exc:
+            self.pending.pop(link, None)
+            reason = f"timed out after {timeout:g} s" if isinstance(exc, TimeoutError) else (
+                exc.strerror or str(exc))
+            self.perform(self.session.upstream_failed(reason, link))
+            return
+        self.pending.pop(link, None)
+        if self.closed_client:
+            assert side.transport is not None
+            side.transport.abort()
+            return
+        self.links[link] = side
+        self.perform(self.session.upstream_connected(link))
+
+    def close_upstream(self, link: int) -> None:
+        task = self.pending.pop(link, None)
+        if task is not None:
+            task.cancel()
+        side = self.links.pop(link, None)
+        if side is not None and side.transport is not None:
+            side.transport.close()
+
+    def close_client(self) -> None:
+        for name in list(self.timers):
+            self.cancel_timer(name)
+        for link in list(self.links) + list(self.pending):
+            self.close_upstream(link)
+        transport = self.client.transport
+        if transport is not None:
+            transport.close()
+
+    def start_timer(self, name: str, seconds: float) -> None:
+        self.cancel_timer(name)
+        self.timers[name] = self.loop.call_later(seconds, self._fire, name)
+
+    def _fire(self, name: str) -> None:
+        self.timers.pop(name, None)
+        self.perform(self.session.timer_fired(name))
+
+    def cancel_timer(self, name: str) -> None:
+        handle = self.timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def run_job(self, job_id: int, job: Callable[[], object]) -> None:
+        future = self.loop.run_in_executor(self.server.executor, run_job, job)
+
+        def done(f: asyncio.Future[JobOutcome]) -> None:
+            if not f.cancelled():
+                self.perform(self.session.job_done(job_id, f.result()))
+
+        future.add_done_callback(done)
+
+    # -- events from the sockets -----------------------------------------------------------
+
+    def client_lost(self) -> None:
+        if not self.closed_client:
+            self.perform(self.session.client_data(b""))
+        self.close_client()
+        self.session.closed()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def link_lost(self, link: int) -> None:
+        if self.links.get(link) is not None:
+            self.links.pop(link)
+            self.perform(self.session.upstream_data(b"", link))
+
+    def pause_others(self, side: _Side, pause: bool) -> None:
+        others = [self.client, *self.links.values()]
+        for other in others:
+            if other is side or other.transport is None or other.transport.is_closing():
+                continue
+            if pause:
+                other.transport.pause_reading()
+            else:
+                other.transport.resume_reading()
+
+
+class AsyncioProxy:
+    """A running proxy: its listening sockets, sessions and worker pool."""
+
+    def __init__(self, proxy: Proxy, *, job_threads: int = 4) -> None:
+        self.proxy = proxy
+        self.loop = asyncio.get_running_loop()
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=job_threads, thread_name_prefix="pgwire-job")
+        self._servers: list[asyncio.Server] = []
+        self._drivers: set[_Driver] = set()
+        self._stopped = self.loop.create_future()
+
+    @property
+    def addresses(self) -> list[Address]:
+        """Where the proxy listens (ports resolved when 0 was asked)."""
+        found: list[Address] = []
+        for server in self._servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                found.append(name if isinstance(name, str) else (name[0], name[1]))
+        return found
+
+    async def listen(self, address: Address, *, reuse_port: bool = False,
+                     backlog: int = 1024) -> None:
+        """Accept clients on ``address`` (``reuse_port``: SO_REUSEPORT, for workers)."""
+        if isinstance(address, str):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address)
+            server = await self.loop.create_unix_server(self._accept, address, backlog=backlog)
+        else:
+            server = await self.loop.create_server(
+                self._accept, address[0], address[1], backlog=backlog,
+                reuse_port=reuse_port or None, reuse_address=True)
+        self._servers.append(server)
+
+    def _accept(self) -> asyncio.Protocol:
+        return _Accepted(self)
+
+    def _start_session(self, transport: asyncio.Transport) -> _Driver:
+        peer = transport.get_extra_info("peername")
+        address = peer if isinstance(peer, str) else (
+            (peer[0], peer[1]) if isinstance(peer, tuple) else None)
+        session = self.proxy.new_session(address)
+        driver = _Driver(self, session)
+        self._drivers.add(driver)
+        driver.done.add_done_callback(lambda _: self._drivers.discard(driver))
+        return driver
+
+    async def serve_until_shutdown(self) -> None:
+        """Wait until :meth:`shutdown` finishes (from a signal handler, say)."""
+        await self._stopped
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting; end idle sessions with 57P01 at once and busy ones when
+        their transaction ends, or after ``timeout`` (default: the config's
+        ``shutdown_timeout``) at the latest."""
+        if timeout is None:
+            timeout = self.proxy.config.shutdown_timeout
+        for server in self._servers:
+            server.close()
+        self.proxy.begin_shutdown()
+        for driver in list(self._drivers):
+            driver.perform(driver.session.shutdown())
+        waiting = [d.done for d in self._drivers]
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=timeout)
+            if pending:
+                for driver in list(self._drivers):
+                    driver.perform(driver.session.shutdown(immediate=True))
+                await asyncio.wait([d.done for d in self._drivers], timeout=5)
+        for driver in list(self._drivers):  # sockets that never closed: drop them
+            transport = driver.client.transport
+            if transport is not None:
+                transport.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if not self._stopped.done():
+            self._stopped.set_result(None)
+
+
+class _Accepted(asyncio.Protocol):
+    """The first protocol of an accepted client: makes the session, then hands over."""
+
+    def __init__(self, server: AsyncioProxy) -> None:
+        self.server = server
+        self.side: _Side | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        driver = self.server._start_session(transport)
+        self.side = driver.client
+        transport.set_protocol(driver.client)
+        driver.client.connection_made(transport)
+        driver.perform(driver.session.start())
+
+    def data_received(self, data: bytes) -> None:  # only before set_protocol took effect
+        assert self.side is not None
+        self.side.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.side is not None:
+            self.side.connection_lost(exc)
+
+
+async def start_proxy(config: ProxyConfig, listen: Sequence[Address], *,
+                      reuse_port: bool = False, job_threads: int = 4) -> AsyncioProxy:
+    """Start a proxy listening on every address in ``listen``."""
+    server = AsyncioProxy(Proxy(config), job_threads=job_threads)
+    try:
+        for address in listen:
+            await server.listen(address, reuse_port=reuse_port)
+    except OSError as exc:
+        await server.shutdown(0)
+        raise OSError(exc.errno, f"cannot listen on {format_address(address)}: "
+                      f"{exc.strerror}") from exc
+    return server
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when uvloop is installed, else asyncio's."""
+    try:
+        uvloop = importlib.import_module("uvloop")  # optional speed-up
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``main()`` on :func:`new_event_loop`'s loop."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main())
+
+

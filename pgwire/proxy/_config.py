@@ -1,0 +1,172 @@
+"""How a proxy behaves: where upstream is, how clients log in, limits, timeouts.
+
+These are plain, validated dataclasses; :mod:`pgwire.proxy.config_file` reads
+them from TOML for the command line. Nothing here performs I/O.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ..auth import ScramKeys
+from ..middleware.base import Middleware
+from ..protocol import DEFAULT_MAX_MESSAGE_SIZE
+from ..server import AuthMethod
+from ..tls import SSLMODES, SSLMode
+from ._actions import Address
+from ._cancel import MAX_INSTANCE_ID
+
+__all__ = [
+    "DEFAULT_AUTH_QUERY",
+    "AuthQuery",
+    "Passthrough",
+    "ProxyAuth",
+    "ProxyConfig",
+    "UpstreamTLS",
+]
+
+#: PgBouncer's default: the stored secret of a role that may log in, or no row.
+DEFAULT_AUTH_QUERY: Final = "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
+_AUTH_METHODS: Final = ("trust", "password", "md5", "scram-sha-256", "cert")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Passthrough:
+    """Relay the client's own login to the server.
+
+    The server asks, the client answers, the proxy passes both along. Limits:
+    the client authenticates to the server, so the upstream role is the
+    client's; SCRAM channel binding cannot cross the proxy (the client's
+    TLS ends at the proxy), so SCRAM-SHA-256-PLUS is not offered to clients;
+    a client that supports channel binding and talks TLS to the proxy must
+    then connect with ``channel_binding=disable`` when the proxy's own link
+    to the server is TLS too, because PostgreSQL refuses a client that says
+    "I could bind but you did not offer it" on a connection where it did.
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthQuery:
+    """Look secrets up in the server with the proxy's own login.
+
+    The query runs on a connection of its own as ``user``, with none of the
+    client's startup settings, through the extended protocol with the client
+    user name as ``$1`` (never spliced into SQL). It must return one row of
+    (name, secret), or no row for an unknown user.
+    """
+
+    user: str
+    password: str | None = field(default=None, repr=False)
+    database: str = "postgres"
+    query: str = DEFAULT_AUTH_QUERY
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyAuth:
+    """The proxy checks clients itself, then logs in upstream on its own.
+
+    - ``method``: as in pg_hba.conf: trust, password, md5, scram-sha-256, cert.
+    - Secrets come from ``users`` (name -> what PostgreSQL stores: a SCRAM or
+      MD5 secret, or a plaintext password; load a PgBouncer userlist.txt with
+      :func:`pgwire.auth.load_userlist`) or from ``auth_query``.
+    - Upstream login: as ``upstream_user`` with ``upstream_password`` when
+      set (every client shares that role); otherwise as the client's own user,
+      with ``upstream_password``, else the plaintext password from ``users``,
+      else the SCRAM keys the client's SCRAM login revealed (the server must
+      store the same SCRAM secret).
+    """
+
+    method: AuthMethod = "scram-sha-256"
+    users: Mapping[str, str] = field(default_factory=dict, repr=False)
+    auth_query: AuthQuery | None = None
+    upstream_user: str | None = None
+    upstream_password: str | ScramKeys | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.method not in _AUTH_METHODS:
+            raise ValueError(f"auth method must be one of {', '.join(_AUTH_METHODS)}, "
+                             f"not {self.method!r}")
+        if self.auth_query is not None and self.users:
+            raise ValueError("give users or auth_query, not both")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamTLS:
+    """TLS on the proxy's links to the server, as libpq's sslmode and friends."""
+
+    sslmode: SSLMode = "disable"
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+    server_hostname: str | None = None
+    context: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        if self.sslmode not in SSLMODES:
+            raise ValueError(f"sslmode must be one of {', '.join(SSLMODES)}, "
+                             f"not {self.sslmode!r}")
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyConfig:
+    """Everything a :class:`~pgwire.proxy.Proxy` needs to run sessions.
+
+    ``middleware`` is a sequence of factories (classes, or any callable
+    returning a :class:`~pgwire.middleware.Middleware`), or of instances;
+    instances are shared by all sessions, so keep per-session data in
+    ``ctx.state``.
+    """
+
+    upstream: Address
+    auth: Passthrough | ProxyAuth = field(default_factory=Passthrough)
+    middleware: Sequence[Middleware[Any] | Callable[[], Middleware[Any]]] = ()
+    #: TLS offered to clients: a server context (:func:`pgwire.tls.server_context`).
+    client_tls: ssl.SSLContext | None = None
+    #: The DER of the proxy's certificate, to offer SCRAM-SHA-256-PLUS.
+    client_tls_certificate: bytes | None = None
+    require_client_tls: bool = False
+    upstream_tls: UpstreamTLS = field(default_factory=UpstreamTLS)
+    #: Seconds a client has from connecting to ReadyForQuery (PostgreSQL: 60).
+    login_timeout: float = 60.0
+    connect_timeout: float = 10.0
+    #: Close a client idle outside a transaction this long (57P05), if set.
+    idle_timeout: float | None = None
+    #: Close a client idle inside a transaction this long (25P03), if set.
+    idle_in_transaction_timeout: float | None = None
+    max_clients: int = 1000
+    max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE
+    #: Jobs one session may have waiting in the worker pool (Context.submit).
+    max_pending_jobs: int = 64
+    #: This proxy's id in cancel keys (0..127), and where the others take cancels.
+    instance_id: int = 0
+    peers: Mapping[int, Address] = field(default_factory=dict)
+    #: Graceful shutdown: how long running sessions may go on before 57P01.
+    shutdown_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("login_timeout", "connect_timeout", "idle_timeout",
+                     "idle_in_transaction_timeout"):
+            _positive(name, getattr(self, name))
+        if self.shutdown_timeout < 0:
+            raise ValueError(f"shutdown_timeout must be >= 0, not {self.shutdown_timeout!r}")
+        if self.max_clients < 1:
+            raise ValueError(f"max_clients must be at least 1, not {self.max_clients!r}")
+        if self.max_pending_jobs < 1:
+            raise ValueError(f"max_pending_jobs must be at least 1, not "
+                             f"{self.max_pending_jobs!r}")
+        if not 0 <= self.instance_id <= MAX_INSTANCE_ID:
+            raise ValueError(f"instance_id must be 0..{MAX_INSTANCE_ID}, not {self.instance_id!r}")
+        if self.require_client_tls and self.client_tls is None:
+            raise ValueError("require_client_tls needs client_tls (a certificate to offer)")
+        if isinstance(self.auth, ProxyAuth) and self.auth.method == "cert" and (
+            self.client_tls is None
+        ):
+            raise ValueError("auth method 'cert' needs client_tls")

@@ -1,0 +1,109 @@
+"""The state every session of one proxy process shares."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..middleware.base import Middleware
+from ._cancel import CancelKeys
+from ._config import ProxyConfig
+from ._session import Session, SessionState
+
+__all__ = ["Proxy", "ProxyStats"]
+
+logger = logging.getLogger("pgwire.proxy")
+
+
+@dataclass(slots=True)
+class ProxyStats:
+    """Counters since the proxy started (read them; the proxy writes them)."""
+
+    sessions_started: int = 0
+    logins: int = 0
+    login_failures: int = 0
+    login_timeouts: int = 0
+    refused_max_clients: int = 0
+    cancel_requests: int = 0
+    upstream_connect_failures: int = 0
+    upstream_errors: int = 0
+    auth_query_failures: int = 0
+    client_protocol_errors: int = 0
+    internal_errors: int = 0
+    rejected: int = 0
+    jobs_refused: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class Proxy:
+    """Sessions, cancel keys, counters and shutdown state of one proxy process.
+
+    Sans-IO like the sessions it makes: an adapter accepts a connection,
+    calls :meth:`new_session`, and drives the session. ``shutting_down``
+    refuses new logins (57P03); :meth:`begin_shutdown` returns the sessions
+    to tell.
+    """
+
+    __slots__ = ("_ids", "_mock_key", "_sessions", "cancel_keys", "config", "shutting_down",
+                 "stats")
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.cancel_keys = CancelKeys(config.instance_id, config.peers)
+        self.stats = ProxyStats()
+        self.shutting_down = False
+        self._sessions: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+        # One mock key for the process: an unknown user's fake SCRAM salt stays
+        # the same across attempts, as in PostgreSQL.
+        self._mock_key = secrets.token_bytes(32)
+        # Fail at start, not at the first client, if a factory is broken.
+        self._instantiate_middleware()
+
+    def new_session(self, client_address: tuple[str, int] | str | None = None) -> Session:
+        """A session for a client that just connected; call its ``start()``."""
+        session = Session(self, next(self._ids), client_address)
+        self._sessions[session.session_id] = session
+        self.stats.sessions_started += 1
+        return session
+
+    @property
+    def sessions(self) -> Iterator[Session]:
+        """The sessions not yet forgotten."""
+        return iter(list(self._sessions.values()))
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def logins_in_use(self) -> int:
+        """Sessions counted against ``max_clients`` (cancel connections excluded)."""
+        return sum(1 for s in self._sessions.values()
+                   if s.state not in (SessionState.CANCEL, SessionState.CLOSED))
+
+    def begin_shutdown(self) -> list[Session]:
+        """Refuse new logins from now on; the sessions still running."""
+        self.shutting_down = True
+        return list(self._sessions.values())
+
+    def _forget(self, session: Session) -> None:
+        self._sessions.pop(session.session_id, None)
+
+    def _instantiate_middleware(self) -> list[Middleware[Any]]:
+        chain: list[Middleware[Any]] = []
+        for item in self.config.middleware:
+            instance = item if isinstance(item, Middleware) else item()
+            if not isinstance(instance, Middleware):
+                raise TypeError(f"middleware factory {item!r} returned {instance!r}, "
+                                "not a Middleware")
+            chain.append(instance)
+        return chain
+
+    def _log_exception(self, session: Session, exc: BaseException) -> None:
+        logger.error("session %d: %s", session.session_id, exc, exc_info=exc)

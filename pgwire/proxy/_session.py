@@ -1,0 +1,1027 @@
+"""One client's trip through the proxy, without I/O.
+
+A :class:`Session` pairs a :class:`~pgwire.server.ServerConnection` facing the
+client with a :class:`~pgwire.client.ClientConnection` facing the server. The
+adapter feeds it what happens (bytes, connects, timers, job results) and does
+what the returned :mod:`actions <pgwire.proxy._actions>` say.
+
+Messages nobody asked to see travel as undecoded frames; both state machines
+still check their order, so a client cannot smuggle a message the server would
+take differently from how the proxy saw it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from ..auth import ScramKeys, password_type
+from ..client import ClientConnection
+from ..login import Authenticated, LoginFailed, LoginRefused
+from ..middleware.base import (
+    AuthResult,
+    Context,
+    Forward,
+    Inject,
+    JobOutcome,
+    Middleware,
+    Reject,
+    Replace,
+    Respond,
+    SessionInfo,
+)
+from ..protocol import (
+    NEED_DATA,
+    PROTOCOL_3_0,
+    Authentication,
+    AuthenticationSASL,
+    BackendKeyData,
+    Bind,
+    CancelRequest,
+    Close,
+    ConnectionClosed,
+    DataRow,
+    Describe,
+    ErrorResponse,
+    Execute,
+    FunctionCall,
+    Message,
+    NegotiateProtocolVersion,
+    Parse,
+    Phase,
+    ProtocolError,
+    Query,
+    RawMessage,
+    ReadyForQuery,
+    RemoteProtocolError,
+    StartupMessage,
+    Sync,
+    Terminate,
+)
+from ..server import ServerConnection
+from ..tls import TLSError
+from ._actions import (
+    AUTH_LINK,
+    CANCEL_LINK,
+    MAIN_LINK,
+    Action,
+    CancelTimer,
+    CloseClient,
+    CloseUpstream,
+    OpenUpstream,
+    RunJob,
+    SendToClient,
+    SendToUpstream,
+    StartTimer,
+    format_address,
+)
+from ._cancel import CancelRoute, UpstreamKey
+from ._config import AuthQuery, ProxyAuth
+
+if TYPE_CHECKING:
+    from ._proxy import Proxy
+
+__all__ = ["Session", "SessionState"]
+
+_SCRAM_PLUS: Final = "SCRAM-SHA-256-PLUS"
+# Startup keys the proxy never forwards: the protocol's own and libpq-internal ones.
+_NOT_FORWARDED: Final = ("user", "database")
+LOGIN_TIMER: Final = "login"
+IDLE_TIMER: Final = "idle"
+# Messages a Reject can answer with an error in place (they get one response).
+_REJECTABLE: Final = (Query, Parse, Bind, Describe, Execute, Close, FunctionCall)
+
+
+class SessionState:
+    """Where a session is (a namespace of strings, for logs and tests)."""
+
+    STARTUP: Final = "startup"            # waiting for the client's startup packet
+    AUTH_LOOKUP: Final = "auth lookup"    # the auth query runs
+    CLIENT_AUTH: Final = "client auth"    # the proxy checks the client's password
+    CONNECTING: Final = "connecting"      # opening the upstream link
+    UPSTREAM_LOGIN: Final = "upstream login"
+    READY: Final = "ready"                # the data path
+    CANCEL: Final = "cancel"              # delivering a CancelRequest
+    CLOSED: Final = "closed"
+
+
+def _error(code: str, message: str, severity: str = "FATAL", **extra: str | None
+           ) -> ErrorResponse:
+    return ErrorResponse(severity=severity, severity_nonlocalized=severity, code=code,
+                         message=message, **extra)  # type: ignore[arg-type]
+
+
+class _Chain:
+    """The middleware of one session, with their contexts and interests."""
+
+    __slots__ = ("client_codes", "contexts", "middleware", "server_codes")
+
+    def __init__(self, middleware: list[Middleware[Any]], contexts: list[Context[Any]]) -> None:
+        self.middleware = middleware
+        self.contexts = contexts
+        self.client_codes: frozenset[bytes] = frozenset().union(
+            *(m.client_messages for m in middleware))
+        self.server_codes: frozenset[bytes] = frozenset().union(
+            *(m.server_messages for m in middleware))
+
+
+class Session:
+    """The sans-IO state of one client connection through the proxy.
+
+    Create sessions with :meth:`Proxy.new_session`. Call :meth:`start` first,
+    then report what happens:
+
+    - :meth:`client_data` / :meth:`upstream_data` with bytes read (``b""`` at
+      end of stream);
+    - :meth:`upstream_connected` / :meth:`upstream_failed` after an
+      :class:`~pgwire.proxy.OpenUpstream`;
+    - :meth:`timer_fired`, :meth:`job_done`, :meth:`shutdown`.
+
+    Each returns the actions to carry out, in order. After
+    :class:`~pgwire.proxy.CloseClient` nothing more is returned; call
+    :meth:`closed` once the sockets are gone so the proxy forgets the session.
+    """
+
+    __slots__ = (
+        "_auth_lookup", "_cancel_key", "_cancel_route", "_chain", "_client_auth_method",
+        "_deferred", "_draining", "_fatal_from_upstream", "_hidden", "_idle_armed", "_jobs",
+        "_looked_up", "_next_job", "_out", "_proxy", "_reject_token", "_rejects", "_scram_keys",
+        "_upstream_user", "_z_seen", "auth_link", "client", "close_reason", "info",
+        "session_id", "startup", "state", "upstream",
+    )
+
+    def __init__(self, proxy: Proxy, session_id: int,
+                 client_address: tuple[str, int] | str | None) -> None:
+        config = proxy.config
+        self._proxy = proxy
+        self.session_id = session_id
+        self.state: str = SessionState.STARTUP
+        self.info = SessionInfo(session_id=session_id, client_address=client_address,
+                                tls=False)
+        middleware = proxy._instantiate_middleware()
+        contexts = [Context(self, i, self.info, m.create_state(self.info))
+                    for i, m in enumerate(middleware)]
+        self._chain = _Chain(middleware, contexts)
+        self.client = ServerConnection(
+            ssl_context=config.client_tls,
+            server_certificate=config.client_tls_certificate,
+            require_tls=config.require_client_tls,
+            max_message_size=config.max_message_size,
+            decode={b"p", *self._chain.client_codes},
+            mock_key=proxy._mock_key,
+        )
+        #: The link to the server that carries the session, once opened.
+        self.upstream: ClientConnection | None = None
+        #: The link an auth query runs on, while it does.
+        self.auth_link: ClientConnection | None = None
+        #: The StartupMessage as sent upstream (after middleware rewrites).
+        self.startup: StartupMessage | None = None
+        #: Why the session ended, once it has.
+        self.close_reason: str | None = None
+        self._out: list[Action] = []
+        self._cancel_key: tuple[int, bytes] | None = None
+        self._cancel_route: CancelRoute | None = None
+        self._client_auth_method = "passthrough"
+        self._upstream_user: str | None = None
+        self._scram_keys: ScramKeys | None = None
+        self._auth_lookup: _AuthLookup | None = None
+        self._looked_up: str | None = None
+        self._fatal_from_upstream = False
+        self._draining = False
+        self._idle_armed = False
+        # Ordering of answers the proxy makes itself with those of the server:
+        # _z_seen counts the server's ReadyForQuery; _deferred holds answers to
+        # send once it reaches a mark; _hidden marks whose whole answer is eaten.
+        self._z_seen = 0
+        self._deferred: deque[tuple[int, tuple[Message, ...]]] = deque()
+        self._hidden: deque[int] = deque()
+        self._rejects: dict[str, Reject] = {}
+        self._reject_token = secrets.token_hex(8)
+        self._jobs: dict[int, Callable[[JobOutcome], None] | None] = {}
+        self._next_job = 0
+
+    # -- public state ------------------------------------------------------------------
+
+    @property
+    def server_parameters(self) -> dict[str, str]:
+        """ParameterStatus values the server reported (empty before login)."""
+        return self.upstream.frontend.parameters if self.upstream is not None else {}
+
+    @property
+    def transaction_status(self) -> str:
+        """The client's transaction status from the last ReadyForQuery it got."""
+        return self.client.backend.transaction_status
+
+    @property
+    def cancel_key(self) -> tuple[int, bytes] | None:
+        """The (process id, secret) this session's client got from the proxy."""
+        return self._cancel_key
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the session returned CloseClient."""
+        return self.state == SessionState.CLOSED
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def start(self) -> list[Action]:
+        """The client connected: arm the login timer."""
+        self._out.append(StartTimer(LOGIN_TIMER, self._proxy.config.login_timeout))
+        return self._take()
+
+    def client_data(self, data: bytes) -> list[Action]:
+        """Bytes read from the client (``b""``: it closed)."""
+        if self.is_closed:
+            return []
+        if self._idle_armed:
+            self._idle_armed = False
+            self._out.append(CancelTimer(IDLE_TIMER))
+        client = self.client
+        try:
+            client.receive_data(data)
+            while not self.is_closed:
+                event = client.next_event()
+                if event is NEED_DATA:
+                    break
+                if type(event) is RawMessage and self.state is SessionState.READY:
+                    upstream = self.upstream
+                    assert upstream is not None
+                    if event.type_code == b"X":
+                        self._finish_with_terminate("client terminated the session")
+                        break
+                    upstream.send(event)
+                else:
+                    self._client_event(event)
+        except ProtocolError as exc:
+            self._client_broke(exc)
+        except Exception as exc:  # a middleware bug, or ours: fail closed
+            self._internal_error(exc)
+        return self._take()
+
+    def upstream_data(self, data: bytes, link: int = MAIN_LINK) -> list[Action]:
+        """Bytes read from upstream link ``link`` (``b""``: it closed)."""
+        if self.is_closed:
+            return []
+        try:
+            if link == MAIN_LINK:
+                self._main_link_data(data)
+            elif link == AUTH_LINK:
+                self._auth_link_data(data)
+            # The cancel link never answers; its end needs nothing.
+        except ProtocolError as exc:
+            self._upstream_broke(exc)
+        except Exception as exc:
+            self._internal_error(exc)
+        return self._take()
+
+    def upstream_connected(self, link: int = MAIN_LINK) -> list[Action]:
+        """The connection of an :class:`OpenUpstream` for ``link`` is up."""
+        if self.is_closed:
+            return []
+        try:
+            if link == CANCEL_LINK:
+                route = self._cancel_route
+                assert route is not None
+                self._out.append(SendToUpstream(route.request.encode(), CANCEL_LINK))
+                self._out.append(CloseUpstream(CANCEL_LINK))
+                self._close("cancel request delivered")
+            elif link == AUTH_LINK and self.auth_link is not None:
+                self.auth_link.start()
+                self._flush_link(self.auth_link, AUTH_LINK)
+            elif link == MAIN_LINK and self.upstream is not None:
+                self.state = SessionState.UPSTREAM_LOGIN
+                self.upstream.start()
+                self._flush_link(self.upstream, MAIN_LINK)
+        except ProtocolError as exc:
+            self._upstream_broke(exc)
+        return self._take()
+
+    def upstream_failed(self, error: str, link: int = MAIN_LINK) -> list[Action]:
+        """The connection for ``link`` could not be opened (or timed out): ``error`` says why."""
+        if self.is_closed:
+            return []
+        if link == CANCEL_LINK:
+            self._close(f"cancel request not delivered: {error}")
+        else:
+            self._proxy.stats.upstream_connect_failures += 1
+            self._fatal("08006", f"could not connect to the upstream server at "
+                        f"{format_address(self._proxy.config.upstream)}: {error}")
+        return self._take()
+
+    def timer_fired(self, name: str) -> list[Action]:
+        """Timer ``name`` (from a :class:`StartTimer`) ran out."""
+        if self.is_closed:
+            return []
+        if name == LOGIN_TIMER and self.state is not SessionState.READY:
+            self._proxy.stats.login_timeouts += 1
+            self._fatal("08006", "terminating connection: the login did not finish within "
+                        f"{self._proxy.config.login_timeout:g} s")
+        elif name == IDLE_TIMER and self.state is SessionState.READY and self._idle_armed:
+            self._idle_armed = False
+            if self.transaction_status == "I":
+                self._fatal("57P05", "terminating connection due to idle-session timeout")
+            else:
+                self._fatal("25P03",
+                            "terminating connection due to idle-in-transaction timeout")
+        return self._take()
+
+    def job_done(self, job_id: int, outcome: JobOutcome) -> list[Action]:
+        """A :class:`RunJob` finished; ``outcome`` holds its value or exception."""
+        then = self._jobs.pop(job_id, None)
+        if then is not None and not self.is_closed:
+            try:
+                then(outcome)
+                self._flush_client()
+            except Exception as exc:
+                self._internal_error(exc)
+        return self._take()
+
+    def shutdown(self, *, immediate: bool = False) -> list[Action]:
+        """The proxy stops: end the session now if it is idle (or ``immediate``),
+        else when its current transaction ends, with FATAL 57P01."""
+        if self.is_closed:
+            return []
+        self._draining = True
+        if immediate or self._at_rest():
+            self._fatal("57P01", "terminating connection due to administrator command")
+        return self._take()
+
+    def closed(self) -> None:
+        """The adapter closed every socket of this session: forget it."""
+        if not self.is_closed:
+            self._close("closed by the adapter")
+        self._proxy._forget(self)
+
+    # -- client side -------------------------------------------------------------------
+
+    def _client_event(self, event: object) -> None:
+        state = self.state
+        if isinstance(event, StartupMessage):
+            self.info = SessionInfo(session_id=self.session_id,
+                                    client_address=self.info.client_address,
+                                    tls=self.client.tls)
+            self._startup(event)
+        elif isinstance(event, CancelRequest):
+            self._cancel(event)
+        elif isinstance(event, ConnectionClosed):
+            if state is SessionState.CANCEL:
+                return  # the client need not wait for the cancel to be delivered
+            self._finish_with_terminate("client closed the connection")
+        elif isinstance(event, Authenticated):
+            self._client_authenticated(event)
+        elif isinstance(event, LoginFailed):
+            self._report_auth(False, sqlstate=event.sqlstate, message=event.message)
+            self._close(f"login failed: {event.message}")
+        elif state is SessionState.READY:
+            if isinstance(event, Message):
+                self._from_client(event, 0)
+        elif state is SessionState.UPSTREAM_LOGIN and isinstance(event, Message) and (
+            not isinstance(self._proxy.config.auth, ProxyAuth)
+        ):
+            # Passthrough: the client's answer to the server's authentication request.
+            assert self.upstream is not None
+            self.upstream.send(event)
+            self._flush_link(self.upstream, MAIN_LINK)
+        elif isinstance(event, Message | RawMessage):
+            # A message before login finished (the Backend allows only login ones).
+            name = type(event).__name__ if isinstance(event, Message) else repr(event)
+            self._fatal("08P01", f"unexpected {name} before the login finished")
+
+    def _startup(self, startup: StartupMessage) -> None:
+        proxy = self._proxy
+        config = proxy.config
+        if proxy.shutting_down:
+            self._fatal("57P03", "the database system is shutting down")
+            return
+        if proxy.logins_in_use() > config.max_clients:
+            proxy.stats.refused_max_clients += 1
+            self._fatal("53300", "sorry, too many clients already")
+            return
+        for index, middleware in enumerate(self._chain.middleware):
+            verdict = middleware.on_startup(self._chain.contexts[index], startup)
+            if isinstance(verdict, Reject):
+                self._send_client(verdict.error("FATAL"))
+                self._close(f"startup rejected by {middleware!r}: {verdict.message}")
+                return
+            if verdict is not None:
+                if not isinstance(verdict, StartupMessage):
+                    raise TypeError(f"{middleware!r}.on_startup returned {verdict!r}")
+                startup = verdict
+        self.startup = startup
+        user = startup.get("user")
+        if not user:
+            self._fatal("28000", "no PostgreSQL user name specified in startup packet")
+            return
+        auth = config.auth
+        if isinstance(auth, ProxyAuth):
+            self._client_auth_method = auth.method
+            if auth.auth_query is not None:
+                self._start_auth_query(auth.auth_query, user)
+            else:
+                self._looked_up = auth.users.get(user)
+                self._check_client(self._looked_up)
+        else:
+            self._open_upstream(user, None, relay=True)
+
+    def _check_client(self, secret: str | None) -> None:
+        auth = self._proxy.config.auth
+        assert isinstance(auth, ProxyAuth) and self.startup is not None
+        self.state = SessionState.CLIENT_AUTH
+        self.client.authenticate(auth.method, secret)
+        self._flush_client()
+        self._drain_client_events()
+
+    def _drain_client_events(self) -> None:
+        # authenticate() may have finished at once (trust, cert): take its events.
+        while not self.is_closed:
+            event = self.client.next_event()
+            if event is NEED_DATA:
+                break
+            self._client_event(event)
+
+    def _client_authenticated(self, event: Authenticated) -> None:
+        auth = self._proxy.config.auth
+        assert isinstance(auth, ProxyAuth) and self.startup is not None
+        self._client_auth_method = event.method
+        scram = self.client._scram
+        keys = scram.keys if scram is not None else None
+        user = auth.upstream_user or event.user
+        password: str | ScramKeys | None = auth.upstream_password
+        if password is None and auth.upstream_user is None:
+            secret = self._looked_up
+            if secret is not None and password_type(secret) == "plaintext":
+                password = secret
+            elif keys is not None:
+                password = keys
+        self._open_upstream(user, password, relay=False)
+
+    def _open_upstream(self, user: str, password: str | ScramKeys | None, *,
+                       relay: bool) -> None:
+        config = self._proxy.config
+        startup = self.startup
+        assert startup is not None
+        parameters = {k: v for k, v in startup.parameters
+                      if k not in _NOT_FORWARDED and not k.startswith("_pq_.")}
+        tls = config.upstream_tls
+        self._upstream_user = user
+        self.upstream = ClientConnection(
+            user=user,
+            database=startup.get("database"),
+            password=password,
+            parameters=parameters,
+            sslmode=tls.sslmode,
+            sslrootcert=tls.sslrootcert,
+            sslcert=tls.sslcert,
+            sslkey=tls.sslkey,
+            ssl_context=tls.context,
+            server_hostname=tls.server_hostname,
+            # The proxy relays what clients send; a login it makes itself over
+            # plaintext is the operator's configured choice.
+            allow_plaintext_password=True,
+            channel_binding="prefer",
+            protocol_version=PROTOCOL_3_0,
+            max_message_size=config.max_message_size,
+            decode={b"E", *self._chain.server_codes},
+            relay_authentication=relay,
+        )
+        self.state = SessionState.CONNECTING
+        self._out.append(OpenUpstream(MAIN_LINK, config.upstream, config.connect_timeout))
+
+    # -- auth query --------------------------------------------------------------------
+
+    def _start_auth_query(self, query: AuthQuery, user: str) -> None:
+        config = self._proxy.config
+        tls = config.upstream_tls
+        self.state = SessionState.AUTH_LOOKUP
+        self._auth_lookup = _AuthLookup(query, user, ClientConnection(
+            user=query.user, database=query.database, password=query.password,
+            sslmode=tls.sslmode, sslrootcert=tls.sslrootcert, sslcert=tls.sslcert,
+            sslkey=tls.sslkey, ssl_context=tls.context, server_hostname=tls.server_hostname,
+            allow_plaintext_password=True,
+        ))
+        self.auth_link = self._auth_lookup.link
+        self._out.append(OpenUpstream(AUTH_LINK, config.upstream, config.connect_timeout))
+
+    def _auth_link_data(self, data: bytes) -> None:
+        lookup = self._auth_lookup
+        if lookup is None:
+            return
+        try:
+            done = lookup.receive(data)
+        except (ProtocolError, _LookupError) as exc:
+            self._proxy.stats.auth_query_failures += 1
+            self._end_auth_link()
+            message = exc.message if isinstance(exc, ProtocolError) else str(exc)
+            self._fatal("08006", f"the proxy could not look up the user's secret: {message}")
+            return
+        self._flush_link(lookup.link, AUTH_LINK)
+        if done:
+            self._end_auth_link()
+            self._looked_up = lookup.secret
+            self._check_client(lookup.secret)
+
+    def _end_auth_link(self) -> None:
+        lookup = self._auth_lookup
+        if lookup is not None and lookup.link.frontend.phase is Phase.READY:
+            lookup.link.send(Terminate())
+            self._flush_link(lookup.link, AUTH_LINK)
+        self._out.append(CloseUpstream(AUTH_LINK))
+        self._auth_lookup = None
+        self.auth_link = None
+
+    # -- the server side ---------------------------------------------------------------
+
+    def _main_link_data(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            return
+        upstream.receive_data(data)
+        client = self.client
+        if self.state is SessionState.READY and not self._chain.server_codes and (
+            not self._rejects and not self._hidden
+        ):
+            # The data path: frames go through both state machines untouched.
+            while True:
+                event = upstream.next_event()
+                if type(event) is RawMessage:
+                    client.send(event)
+                    if event.type_code == b"Z":
+                        self._after_ready_for_query()
+                        if self.is_closed:
+                            break
+                    continue
+                if event is NEED_DATA:
+                    break
+                self._server_event(event)
+                if self.is_closed:
+                    break
+        else:
+            while not self.is_closed:
+                event = upstream.next_event()
+                if event is NEED_DATA:
+                    break
+                self._server_event(event)
+        self._flush_link(upstream, MAIN_LINK)
+        self._flush_client()
+
+    def _server_event(self, event: object) -> None:
+        state = self.state
+        if isinstance(event, ConnectionClosed):
+            if self._fatal_from_upstream:
+                self._close("the server ended the session")
+            else:
+                self._fatal("08006", "the upstream server closed the connection unexpectedly")
+            return
+        if state is SessionState.READY:
+            if self._hidden and self._hidden[0] == self._z_seen:
+                self._hidden_answer(event)
+                return
+            if isinstance(event, RawMessage):
+                self._to_client(event)
+            elif isinstance(event, Message):
+                self._from_server(event, len(self._chain.middleware) - 1)
+            return
+        self._login_event(event)
+
+    def _login_event(self, event: object) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        relay = not isinstance(self._proxy.config.auth, ProxyAuth)
+        if isinstance(event, RawMessage):
+            code = event.type_code
+            if code == b"K":
+                self._issue_cancel_key()
+            elif code == b"Z":
+                self._login_complete(event)
+            elif code == b"v":
+                pass  # we asked for 3.0 without options: nothing to negotiate for the client
+            else:
+                self._send_client(event)
+            return
+        if isinstance(event, ErrorResponse):
+            self._fatal_from_upstream = event.severity in ("FATAL", "PANIC")
+            self._send_client(event)
+            if self._fatal_from_upstream:
+                self._report_auth(False, sqlstate=event.code, message=event.message)
+                self._close(f"the server refused the login: {event.message}")
+            return
+        if isinstance(event, BackendKeyData):
+            self._issue_cancel_key()
+        elif isinstance(event, ReadyForQuery):
+            self._login_complete(event)
+        elif isinstance(event, NegotiateProtocolVersion):
+            pass
+        elif relay and isinstance(event, AuthenticationSASL):
+            # Channel binding cannot cross the proxy: the client's TLS ends here.
+            mechanisms = tuple(m for m in event.mechanisms if m != _SCRAM_PLUS)
+            self._send_client(AuthenticationSASL(mechanisms=mechanisms))
+        elif isinstance(event, Authentication):
+            if relay:
+                self._send_client(event)
+            # else: the proxy's own login; the client had its AuthenticationOk from us.
+        elif isinstance(event, Message):
+            self._send_client(event)
+
+    def _issue_cancel_key(self) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        keys = self._proxy.cancel_keys
+        if self._cancel_key is None:
+            self._cancel_key = keys.issue(self.client.backend.protocol_version)
+        process_id, secret = self._cancel_key
+        server_key = upstream.frontend.backend_key
+        if server_key is not None:
+            keys.bind(process_id, UpstreamKey(self._proxy.config.upstream, *server_key))
+        self._send_client(BackendKeyData(process_id=process_id, secret_key=secret))
+
+    def _login_complete(self, ready: Message | RawMessage) -> None:
+        if self._cancel_key is None:
+            # A server that sent no BackendKeyData: the client still gets a key
+            # (cancels then reach nothing), as clients expect one.
+            self._cancel_key = self._proxy.cancel_keys.issue(self.client.backend.protocol_version)
+            process_id, secret = self._cancel_key
+            self._send_client(BackendKeyData(process_id=process_id, secret_key=secret))
+        self._send_client(ready)
+        self.state = SessionState.READY
+        self._proxy.stats.logins += 1
+        self._out.append(CancelTimer(LOGIN_TIMER))
+        self._report_auth(True)
+        if self.state is SessionState.READY:
+            self._after_ready_for_query(count=False)
+
+    def _report_auth(self, ok: bool, *, sqlstate: str | None = None,
+                     message: str | None = None) -> None:
+        startup = self.startup or self.client.backend.startup
+        user = (startup.get("user") or "") if startup is not None else ""
+        database = (startup.get("database") or user) if startup is not None else ""
+        result = AuthResult(ok=ok, user=user, database=database,
+                            upstream_user=self._upstream_user if ok else None,
+                            method=self._client_auth_method,
+                            parameters=dict(self.server_parameters),
+                            sqlstate=sqlstate, message=message)
+        if not ok:
+            self._proxy.stats.login_failures += 1
+        for index, middleware in enumerate(self._chain.middleware):
+            verdict = middleware.on_authenticated(self._chain.contexts[index], result)
+            if ok and isinstance(verdict, Reject):
+                self._send_client(verdict.error("FATAL"))
+                self._finish_with_terminate(f"login rejected by {middleware!r}")
+                return
+
+    def _after_ready_for_query(self, *, count: bool = True) -> None:
+        if count:
+            self._z_seen += 1
+            deferred = self._deferred
+            while deferred and deferred[0][0] <= self._z_seen:
+                for message in deferred.popleft()[1]:
+                    self._send_client(message)
+        upstream = self.upstream
+        assert upstream is not None
+        if upstream.frontend.pending_syncs or self._deferred:
+            return
+        if self._draining and self._at_rest():
+            self._fatal("57P01", "terminating connection due to administrator command")
+            return
+        config = self._proxy.config
+        seconds = config.idle_timeout if self.transaction_status == "I" else (
+            config.idle_in_transaction_timeout)
+        if seconds is not None:
+            self._idle_armed = True
+            self._out.append(StartTimer(IDLE_TIMER, seconds))
+
+    def _at_rest(self) -> bool:
+        """No request in flight and no transaction open: safe to end the session."""
+        if self.state is not SessionState.READY:
+            return True
+        upstream = self.upstream
+        return (upstream is not None and upstream.frontend.phase is Phase.READY
+                and not upstream.frontend.pending_syncs and not self._deferred
+                and self.transaction_status == "I")
+
+    def _hidden_answer(self, event: object) -> None:
+        """A message answering a request the proxy injected: eat it."""
+        if (isinstance(event, RawMessage) and event.type_code == b"Z") or isinstance(
+            event, ReadyForQuery
+        ):
+            self._hidden.popleft()
+            self._z_seen += 1
+        elif isinstance(event, ErrorResponse) and event.severity in ("FATAL", "PANIC"):
+            self._fatal_from_upstream = True
+            self._send_client(event)
+
+    # -- middleware chains -------------------------------------------------------------
+
+    def _from_client(self, message: Message, start: int) -> None:
+        chain = self._chain
+        code = message.type_code
+        for index in range(start, len(chain.middleware)):
+            middleware = chain.middleware[index]
+            if code not in middleware.client_messages:
+                continue
+            verdict = middleware.on_client_message(chain.contexts[index], message)
+            if verdict is None or type(verdict) is Forward:
+                continue
+            if isinstance(verdict, Replace):
+                for replacement in verdict.messages:
+                    self._from_client(replacement, index + 1)
+                return
+            if isinstance(verdict, Inject):
+                for injected in verdict.to_client:
+                    self._send_client(injected)
+                self._inject_to_server(verdict.to_server)
+                continue
+            if isinstance(verdict, Respond):
+                self._respond(message, verdict, middleware)
+                return
+            if isinstance(verdict, Reject):
+                self._reject(message, verdict, middleware)
+                return
+            raise TypeError(f"{middleware!r}.on_client_message returned {verdict!r}")
+        self._to_upstream(message)
+
+    def _from_server(self, message: Message, start: int) -> None:
+        chain = self._chain
+        code = message.type_code
+        for index in range(start, -1, -1):
+            middleware = chain.middleware[index]
+            if code not in middleware.server_messages:
+                continue
+            verdict = middleware.on_server_message(chain.contexts[index], message)
+            if verdict is None or type(verdict) is Forward:
+                continue
+            if isinstance(verdict, Replace):
+                for replacement in verdict.messages:
+                    self._from_server(replacement, index - 1)
+                return
+            if isinstance(verdict, Inject):
+                for injected in verdict.to_client:
+                    self._send_client(injected)
+                self._inject_to_server(verdict.to_server)
+                continue
+            if isinstance(verdict, Reject):
+                self._send_client(verdict.error("FATAL"))
+                self._finish_with_terminate(f"server message rejected by {middleware!r}: "
+                                            f"{verdict.message}")
+                return
+            raise TypeError(f"{middleware!r}.on_server_message returned {verdict!r}")
+        self._to_client(message)
+
+    def _to_upstream(self, message: Message | RawMessage) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        if isinstance(message, Terminate):
+            self._finish_with_terminate("client terminated the session")
+            return
+        upstream.send(message)
+
+    def _to_client(self, message: Message | RawMessage) -> None:
+        code = message.type_code
+        if code == b"E" and self._rejects:
+            message = self._rewrite_reject_error(message)
+        elif code == b"E" and isinstance(message, ErrorResponse) and (
+            message.severity in ("FATAL", "PANIC")
+        ):
+            self._fatal_from_upstream = True
+        self._send_client(message)
+        if code == b"Z":
+            self._after_ready_for_query()
+
+    def _inject_to_server(self, messages: tuple[Message, ...]) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        for message in messages:
+            before = upstream.frontend.pending_syncs
+            upstream.send(message)
+            if upstream.frontend.pending_syncs > before:
+                # The answer to this unit comes after every answer owed before it.
+                self._hidden.append(self._z_seen + before)
+
+    def _respond(self, message: Message, verdict: Respond, middleware: Middleware[Any]) -> None:
+        if not isinstance(message, Query | FunctionCall):
+            raise TypeError(f"{middleware!r} answered a {type(message).__name__} with "
+                            "Respond: only a Query or FunctionCall can be answered so")
+        if not verdict.messages or not isinstance(verdict.messages[-1], ReadyForQuery):
+            raise TypeError(f"{middleware!r}: a Respond must end with ReadyForQuery")
+        upstream = self.upstream
+        assert upstream is not None
+        owed = upstream.frontend.pending_syncs + len(self._hidden)
+        if owed == 0 and not self._deferred:
+            for answer in verdict.messages:
+                self._send_client(answer)
+            self._after_ready_for_query(count=False)
+        else:
+            self._deferred.append((self._z_seen + owed, verdict.messages))
+
+    def _reject(self, message: Message, verdict: Reject, middleware: Middleware[Any]) -> None:
+        self._proxy.stats.rejected += 1
+        if not isinstance(message, _REJECTABLE):
+            self._send_client(verdict.error("FATAL"))
+            self._finish_with_terminate(f"{type(message).__name__} rejected by "
+                                        f"{middleware!r}: {verdict.message}")
+            return
+        # The server raises an error in the statement's place, so both sides agree
+        # on what follows (failed transaction, skip to Sync); the proxy swaps the
+        # server's error for the rejection's when it comes back.
+        token = f"pgwire_reject_{self._reject_token}_{len(self._rejects)}"
+        self._rejects[token] = verdict
+        statement = f"SELECT pg_catalog.{token}()"
+        if isinstance(message, Query | FunctionCall):
+            self._to_upstream(Query(query=statement))
+        else:
+            self._to_upstream(Parse(statement=token, query=statement, parameter_types=()))
+
+    def _rewrite_reject_error(self, message: Message | RawMessage) -> Message | RawMessage:
+        error = message if isinstance(message, ErrorResponse) else None
+        if error is None:
+            upstream = self.upstream
+            assert upstream is not None and isinstance(message, RawMessage)
+            decoded = upstream.frontend.decode(message)
+            assert isinstance(decoded, ErrorResponse)
+            error = decoded
+        if error.code == "42883":
+            for token, verdict in self._rejects.items():
+                if token in (error.message or ""):
+                    del self._rejects[token]
+                    return verdict.error()
+        if error.severity in ("FATAL", "PANIC"):
+            self._fatal_from_upstream = True
+        return message
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _inject_to_client(self, message: Message) -> None:
+        if not self.is_closed:
+            self._send_client(message)
+            self._flush_client()
+
+    def _submit(self, job: Callable[[], object],
+                then: Callable[[JobOutcome], None] | None) -> bool:
+        if len(self._jobs) >= self._proxy.config.max_pending_jobs:
+            self._proxy.stats.jobs_refused += 1
+            return False
+        self._next_job += 1
+        self._jobs[self._next_job] = then
+        self._out.append(RunJob(self._next_job, job))
+        return True
+
+    def _send_client(self, message: Message | RawMessage) -> None:
+        self.client.send(message)
+
+    def _flush_client(self) -> None:
+        data = self.client.data_to_send()
+        if data:
+            self._out.append(SendToClient(data))
+
+    def _flush_link(self, link: ClientConnection, number: int) -> None:
+        data = link.data_to_send()
+        if data:
+            self._out.append(SendToUpstream(data, number))
+
+    def _take(self) -> list[Action]:
+        if not self.is_closed:
+            self._flush_client()
+            upstream = self.upstream
+            if upstream is not None:
+                self._flush_link(upstream, MAIN_LINK)
+        out = self._out
+        self._out = []
+        return out
+
+    def _cancel(self, request: CancelRequest) -> None:
+        route = self._proxy.cancel_keys.route(request)
+        self._proxy.stats.cancel_requests += 1
+        if route is None:
+            self._close("cancel request matched no session")
+            return
+        self._cancel_route = route
+        self.state = SessionState.CANCEL
+        self._out.append(OpenUpstream(CANCEL_LINK, route.address,
+                                      self._proxy.config.connect_timeout))
+
+    def _client_broke(self, exc: ProtocolError) -> None:
+        self._proxy.stats.client_protocol_errors += 1
+        if isinstance(exc, TLSError | LoginRefused) or self.client.backend.phase is Phase.CLOSED:
+            self._close(f"client error: {exc.message}")
+            return
+        self._fatal(exc.sqlstate or "08P01", exc.message)
+
+    def _upstream_broke(self, exc: ProtocolError) -> None:
+        self._proxy.stats.upstream_errors += 1
+        if isinstance(exc, RemoteProtocolError) and exc.sqlstate not in (None, "08P01"):
+            # LoginRefused, SCRAM failures: the proxy's own login upstream.
+            self._fatal(exc.sqlstate, f"the proxy could not log in upstream: {exc.message}")
+        else:
+            self._fatal("08P01", f"upstream protocol error: {exc.message}")
+
+    def _internal_error(self, exc: Exception) -> None:
+        self._proxy.stats.internal_errors += 1
+        self._proxy._log_exception(self, exc)
+        self._fatal("XX000", f"internal error in the proxy: {type(exc).__name__}: {exc}")
+
+    def _fatal(self, code: str, message: str) -> None:
+        """End the session with a FATAL error the client sees as PostgreSQL's."""
+        if self.is_closed:
+            return
+        try:
+            if self.client.backend.phase not in (Phase.CLOSED, Phase.CANCEL) and (
+                self.client.backend.startup is not None
+            ):
+                self._send_client(_error(code, message))
+        except ProtocolError:
+            pass  # the client's side is past receiving anything
+        self._finish_with_terminate(message)
+
+    def _finish_with_terminate(self, reason: str) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            try:
+                if upstream.frontend.phase not in (Phase.CLOSED, Phase.STARTUP,
+                                                   Phase.SSL_NEGOTIATION):
+                    upstream.send(Terminate())
+                self._flush_link(upstream, MAIN_LINK)
+            except ProtocolError:
+                pass
+        self._close(reason)
+
+    def _close(self, reason: str) -> None:
+        if self.is_closed:
+            return
+        with contextlib.suppress(ProtocolError):
+            self._flush_client()
+        for link, conn in ((MAIN_LINK, self.upstream), (AUTH_LINK, self.auth_link)):
+            if conn is not None:
+                self._out.append(CloseUpstream(link))
+        self._out.append(CancelTimer(LOGIN_TIMER))
+        if self._idle_armed:
+            self._out.append(CancelTimer(IDLE_TIMER))
+        self.state = SessionState.CLOSED
+        self.close_reason = reason
+        self._out.append(CloseClient(reason))
+        if self._cancel_key is not None:
+            self._proxy.cancel_keys.release(self._cancel_key[0])
+        for index, middleware in enumerate(self._chain.middleware):
+            try:
+                middleware.on_session_end(self._chain.contexts[index], reason)
+            except Exception as exc:
+                self._proxy._log_exception(self, exc)
+
+
+class _LookupError(Exception):
+    pass
+
+
+class _AuthLookup:
+    """The auth query's own connection: log in, ask, read one row, done."""
+
+    __slots__ = ("asked", "link", "query", "rows", "secret", "user")
+
+    def __init__(self, query: AuthQuery, user: str, link: ClientConnection) -> None:
+        self.query = query
+        self.user = user
+        self.link = link
+        self.asked = False
+        self.rows: list[DataRow] = []
+        self.secret: str | None = None
+
+    def receive(self, data: bytes) -> bool:
+        """Feed bytes; True once the secret (or its absence) is known."""
+        link = self.link
+        link.receive_data(data)
+        while True:
+            event = link.next_event()
+            if event is NEED_DATA:
+                return False
+            if isinstance(event, ConnectionClosed):
+                raise _LookupError("the server closed the auth query's connection")
+            if isinstance(event, ErrorResponse):
+                raise _LookupError(f"{event.code}: {event.message}")
+            if isinstance(event, DataRow):
+                self.rows.append(event)
+            elif isinstance(event, ReadyForQuery):
+                if not self.asked:
+                    self.asked = True
+                    link.send(Parse(statement="", query=self.query.query, parameter_types=()))
+                    link.send(Bind(portal="", statement="", parameter_formats=(),
+                                   parameters=(self.user.encode(link.frontend.encoding),),
+                                   result_formats=()))
+                    link.send(Execute(portal="", max_rows=2))
+                    link.send(Sync())
+                    continue
+                return self._result()
+
+    def _result(self) -> bool:
+        if len(self.rows) > 1:
+            raise _LookupError(f"the auth query returned more than one row for "
+                               f"{self.user!r}")
+        if self.rows:
+            values = self.rows[0].values
+            if len(values) != 2:
+                raise _LookupError(f"the auth query must return 2 columns, not {len(values)}")
+            value = values[1]
+            self.secret = None if value is None else bytes(value).decode(
+                self.link.frontend.encoding)
+        return True
+
