@@ -44,10 +44,12 @@ from ..protocol import (
     Close,
     ConnectionClosed,
     DataRow,
+    DirectTLSHandshake,
     Describe,
     ErrorResponse,
     Execute,
     FunctionCall,
+    GSSENCRequest,
     Message,
     NegotiateProtocolVersion,
     Parse,
@@ -57,6 +59,7 @@ from ..protocol import (
     RawMessage,
     ReadyForQuery,
     RemoteProtocolError,
+    SSLRequest,
     StartupMessage,
     Sync,
     Terminate,
@@ -366,6 +369,8 @@ class Session:
             self._startup(event)
         elif isinstance(event, CancelRequest):
             self._cancel(event)
+        elif isinstance(event, SSLRequest | GSSENCRequest | DirectTLSHandshake):
+            pass  # answered by the ServerConnection
         elif isinstance(event, ConnectionClosed):
             if state is SessionState.CANCEL:
                 return  # the client need not wait for the cancel to be delivered
