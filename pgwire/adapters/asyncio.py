@@ -21,7 +21,7 @@ import importlib
 import os
 import socket
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..middleware.base import JobOutcome
 from ..proxy import Address, Proxy, ProxyConfig, Session, format_address
@@ -41,8 +41,8 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         driver = self.driver
@@ -72,11 +72,11 @@ class _Side(asyncio.Protocol):
 class _Driver(SessionDriver):
     __slots__ = ("client", "done", "links", "loop", "pending", "server", "timers")
 
-    def __init__(self, server: AsyncioProxy, session: Session) -> None:
+    def __init__(self, server: AsyncioProxy, session: Session, client: _Side) -> None:
         super().__init__(session)
         self.server = server
         self.loop = server.loop
-        self.client = _Side(self, None)
+        self.client = client
         self.links: dict[int, _Side] = {}
         self.pending: dict[int, asyncio.Task[None]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
@@ -222,12 +222,13 @@ class AsyncioProxy:
     def _accept(self) -> asyncio.Protocol:
         return _Accepted(self)
 
-    def _start_session(self, transport: asyncio.Transport) -> _Driver:
-        peer = transport.get_extra_info("peername")
+    def _start_session(self, side: _Accepted) -> _Driver:
+        assert side.transport is not None
+        peer = side.transport.get_extra_info("peername")
         address = peer if isinstance(peer, str) else (
             (peer[0], peer[1]) if isinstance(peer, tuple) else None)
         session = self.proxy.new_session(address)
-        driver = _Driver(self, session)
+        driver = _Driver(self, session, side)
         self._drivers.add(driver)
         driver.done.add_done_callback(lambda _: self._drivers.discard(driver))
         return driver
@@ -265,31 +266,23 @@ class AsyncioProxy:
             self._stopped.set_result(None)
 
 
-class _Accepted(asyncio.Protocol):
-    """The first protocol of an accepted client: makes the session, then hands over."""
+class _Accepted(_Side):
+    """The client's side: the session starts when the connection is made."""
+
+    __slots__ = ("server",)
 
     def __init__(self, server: AsyncioProxy) -> None:
         self.server = server
-        self.side: _Side | None = None
+        self.link = None
+        self.transport = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        driver = self.server._start_session(transport)
-        self.side = driver.client
-        transport.set_protocol(driver.client)
-        driver.client.connection_made(transport)
-        driver.perform(driver.session.start())
-
-    def data_received(self, data: bytes) -> None:  # only before set_protocol took effect
-        assert self.side is not None
-        self.side.data_received(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.side is not None:
-            self.side.connection_lost(exc)
+        self.driver = self.server._start_session(self)
+        self.driver.perform(self.driver.session.start())
 
 
 async def start_proxy(config: ProxyConfig, listen: Sequence[Address], *,

@@ -44,8 +44,8 @@ from ..protocol import (
     Close,
     ConnectionClosed,
     DataRow,
-    DirectTLSHandshake,
     Describe,
+    DirectTLSHandshake,
     ErrorResponse,
     Execute,
     FunctionCall,
@@ -245,6 +245,9 @@ class Session:
         client = self.client
         try:
             client.receive_data(data)
+            if self.state is SessionState.READY and not self._chain.client_codes:
+                self._forward_client_frames()
+                return self._take()
             while not self.is_closed:
                 event = client.next_event()
                 if event is NEED_DATA:
@@ -359,6 +362,35 @@ class Session:
         self._proxy._forget(self)
 
     # -- client side -------------------------------------------------------------------
+
+    def _forward_client_frames(self) -> None:
+        """The data path toward the server: no middleware wants client messages."""
+        client = self.client
+        if client._channel.error is not None:
+            raise client._channel.error
+        upstream = self.upstream
+        assert upstream is not None
+        backend = client.backend
+        frontend = upstream.frontend
+        chunks: list[bytes] = []
+        try:
+            while True:
+                event = backend.next_event()
+                if type(event) is RawMessage:
+                    if event.type_code == b"X":
+                        break
+                    chunks.append(frontend.send(event))
+                    continue
+                break
+        finally:
+            if chunks:
+                upstream._channel.write(b"".join(chunks))
+        if type(event) is RawMessage:
+            self._finish_with_terminate("client terminated the session")
+        elif event is not NEED_DATA:
+            self._client_event(event)
+            if not self.is_closed:
+                self._forward_client_frames()
 
     def _client_event(self, event: object) -> None:
         state = self.state
@@ -549,20 +581,34 @@ class Session:
             not self._rejects and not self._hidden
         ):
             # The data path: frames go through both state machines untouched.
-            while True:
-                event = upstream.next_event()
-                if type(event) is RawMessage:
-                    client.send(event)
-                    if event.type_code == b"Z":
-                        self._after_ready_for_query()
-                        if self.is_closed:
-                            break
-                    continue
-                if event is NEED_DATA:
-                    break
-                self._server_event(event)
-                if self.is_closed:
-                    break
+            if upstream._channel.error is not None:
+                raise upstream._channel.error
+            frontend = upstream.frontend
+            backend = client.backend
+            chunks: list[bytes] = []
+            try:
+                while True:
+                    event = frontend.next_event()
+                    if type(event) is RawMessage:
+                        chunks.append(backend.send(event))
+                        if event.type_code == b"Z":
+                            client._channel.write(b"".join(chunks))
+                            chunks.clear()
+                            self._after_ready_for_query()
+                            if self.is_closed:
+                                break
+                        continue
+                    if chunks:
+                        client._channel.write(b"".join(chunks))
+                        chunks.clear()
+                    if event is NEED_DATA:
+                        break
+                    self._server_event(event)
+                    if self.is_closed:
+                        break
+            finally:
+                if chunks:  # what came before a protocol error still reaches the client
+                    client._channel.write(b"".join(chunks))
         else:
             while not self.is_closed:
                 event = upstream.next_event()
@@ -886,11 +932,15 @@ class Session:
             self._out.append(SendToUpstream(data, number))
 
     def _take(self) -> list[Action]:
-        if not self.is_closed:
-            self._flush_client()
+        if self.state != SessionState.CLOSED:
+            channel = self.client._channel
+            if channel._outgoing or channel.tls is not None:
+                self._flush_client()
             upstream = self.upstream
             if upstream is not None:
-                self._flush_link(upstream, MAIN_LINK)
+                channel = upstream._channel
+                if channel._outgoing or channel.tls is not None:
+                    self._flush_link(upstream, MAIN_LINK)
         out = self._out
         self._out = []
         return out
