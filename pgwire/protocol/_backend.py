@@ -213,6 +213,17 @@ class Backend(Connection):
         bytes (CVE-2021-23214): close the connection.
         """
         conversation = self._conversation
+        if type(message) is RawMessage and self._negotiation is None:
+            # A proxy's data path: a frame from the server, forwarded as it is.
+            data = bytes(message)
+            code = data[0]
+            try:
+                conversation.backend_message(code, data, 5, len(data))
+            except Violation as exc:
+                raise LocalProtocolError(exc.message, exc.sqlstate) from None
+            if code == 0x53:  # 'S'
+                self._parameter_status(data)
+            return data
         try:
             if isinstance(message, (SSLResponse, GSSENCResponse)):
                 conversation.negotiation_answer(type(message).__name__, message.accepted)
@@ -238,12 +249,16 @@ class Backend(Connection):
             if data[:1] == b"v":
                 self._negotiation = None
             elif data[:1] == b"S":
-                status = ParameterStatus.decode(data[5:], self.encoding)
-                if status.name == "client_encoding":
-                    self._set_client_encoding(status.value)
+                self._parameter_status(data)
             return data
         except Violation as exc:
             raise LocalProtocolError(exc.message, exc.sqlstate) from None
+
+
+    def _parameter_status(self, data: bytes) -> None:
+        status = ParameterStatus.decode(data[5:], self.encoding)
+        if status.name == "client_encoding":
+            self._set_client_encoding(status.value)
 
 
 def error_response(error: RemoteProtocolError | LocalProtocolError,

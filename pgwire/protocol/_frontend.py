@@ -183,7 +183,7 @@ class Frontend(Connection):
             assert isinstance(key, BackendKeyData)
             self.backend_key = (key.process_id, key.secret_key)
             return key if self._wants_decoded(code) else frame
-        if self._wants_decoded(code):
+        if self._decode_all or code in self._decode_set:
             return self._decode_frame(code, buf, start, end)
         return frame
 

@@ -179,6 +179,8 @@ CYCLE_RESPONSES: Final[dict[str, frozenset[int]]] = {
     "failed": _ASYNC | frozenset(b"EZ"),
 }
 
+_PHASE_READY: Final = Phase.READY
+
 # What each authentication request asks the client to send next.
 _AUTH_ANSWER: Final[dict[int, str | None]] = {
     2: None,  # KerberosV5: no client supports it; the client can only close
@@ -418,7 +420,7 @@ class Conversation:
                             f"{phase.value}")
         if code == 0x45:  # 'E'
             self._error(buf, start, end)
-        elif phase is Phase.READY:
+        elif phase is _PHASE_READY:
             self._response(code, buf, start, end)
         elif phase is Phase.AUTHENTICATION:
             if code == 0x52:
@@ -443,7 +445,13 @@ class Conversation:
                 raise Violation("server sent CopyData after its CopyDone")
 
     def _response(self, code: int, buf: bytes, start: int, end: int) -> None:
-        kind = "failed" if self._cycle_failed else self.cycle_kind
+        if self._cycle_failed:
+            kind = "failed"
+        elif self._pending:
+            first = self._pending[0]
+            kind = "X" if first == 0x53 else ("Q" if first == 0x51 else "F")
+        else:
+            kind = "X" if self._unsynced else ""
         if code not in CYCLE_RESPONSES[kind]:
             if kind == "":
                 raise Violation(
