@@ -150,6 +150,10 @@ class ProxyConfig:
     peers: Mapping[int, Address] = field(default_factory=dict)
     #: Graceful shutdown: how long running sessions may go on before 57P01.
     shutdown_timeout: float = 30.0
+    #: Run every forwarded message through both state machines even when no
+    #: middleware reads messages. Off: such sessions delimit and count frames
+    #: only (cut-through, as PgBouncer), leaving order checks to the two ends.
+    check_protocol: bool = False
 
     def __post_init__(self) -> None:
         for name in ("login_timeout", "connect_timeout", "idle_timeout",

@@ -83,6 +83,7 @@ from ._actions import (
 )
 from ._cancel import CancelRoute, UpstreamKey
 from ._config import AuthQuery, ProxyAuth
+from ._relay import Relay
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
@@ -151,7 +152,8 @@ class Session:
     __slots__ = (
         "_auth_lookup", "_cancel_key", "_cancel_route", "_chain", "_client_auth_method",
         "_deferred", "_draining", "_fatal_from_upstream", "_hidden", "_idle_armed", "_jobs",
-        "_looked_up", "_next_job", "_out", "_proxy", "_reject_token", "_rejects", "_scram_keys",
+        "_looked_up", "_next_job", "_out", "_proxy", "_reject_token", "_rejects", "_relay",
+        "_scram_keys",
         "_upstream_user", "_z_seen", "auth_link", "client", "close_reason", "info",
         "session_id", "startup", "state", "upstream",
     )
@@ -204,6 +206,7 @@ class Session:
         self._rejects: dict[str, Reject] = {}
         self._reject_token = secrets.token_hex(8)
         self._jobs: dict[int, Callable[[JobOutcome], None] | None] = {}
+        self._relay: Relay | None = None
         self._next_job = 0
 
     # -- public state ------------------------------------------------------------------
@@ -216,7 +219,8 @@ class Session:
     @property
     def transaction_status(self) -> str:
         """The client's transaction status from the last ReadyForQuery it got."""
-        return self.client.backend.transaction_status
+        relay = self._relay
+        return relay.status if relay is not None else self.client.backend.transaction_status
 
     @property
     def cancel_key(self) -> tuple[int, bytes] | None:
@@ -242,6 +246,12 @@ class Session:
         if self._idle_armed:
             self._idle_armed = False
             self._out.append(CancelTimer(IDLE_TIMER))
+        if self._relay is not None:
+            try:
+                self._relay_client_data(data)
+            except Exception as exc:
+                self._internal_error(exc)
+            return self._take()
         client = self.client
         try:
             client.receive_data(data)
@@ -261,6 +271,8 @@ class Session:
                     upstream.send(event)
                 else:
                     self._client_event(event)
+                    if isinstance(event, ConnectionClosed):
+                        break  # a cancel client left early; the closed end repeats forever
         except ProtocolError as exc:
             self._client_broke(exc)
         except Exception as exc:  # a middleware bug, or ours: fail closed
@@ -575,6 +587,9 @@ class Session:
         upstream = self.upstream
         if upstream is None:
             return
+        if self._relay is not None:
+            self._relay_server_data(data)
+            return
         upstream.receive_data(data)
         client = self.client
         if self.state is SessionState.READY and not self._chain.server_codes and (
@@ -615,8 +630,102 @@ class Session:
                 if event is NEED_DATA:
                     break
                 self._server_event(event)
+                if self._relay is not None:
+                    self._start_relay()
+                    return
         self._flush_link(upstream, MAIN_LINK)
         self._flush_client()
+
+    # -- cut-through -------------------------------------------------------------------
+
+    def _start_relay(self) -> None:
+        """Login is done and no middleware reads messages: from here on frames are
+        delimited and counted (see ``_relay.py``), not run through the machines."""
+        upstream = self.upstream
+        assert upstream is not None
+        self._flush_link(upstream, MAIN_LINK)
+        self._flush_client()
+        # Bytes that arrived behind the login's last message.
+        client_rest = self.client.backend._buffer.take_all()
+        server_rest = upstream.frontend._buffer.take_all()
+        if client_rest:
+            self._relay_client_bytes(client_rest)
+        if server_rest and not self.is_closed:
+            self._relay_server_bytes(server_rest)
+
+    def _relay_client_data(self, data: bytes) -> None:
+        if self._idle_armed:
+            self._idle_armed = False
+            self._out.append(CancelTimer(IDLE_TIMER))
+        tls = self.client._channel.tls
+        try:
+            if tls is not None:
+                tls.receive_encrypted(data)
+                plaintext = tls.read()
+                if plaintext:
+                    self._relay_client_bytes(plaintext)
+            elif data:
+                self._relay_client_bytes(data)
+        except ProtocolError as exc:
+            self._client_broke(exc)
+            return
+        if not data and not self.is_closed:
+            self._finish_with_terminate("client closed the connection")
+
+    def _relay_client_bytes(self, data: bytes) -> None:
+        relay = self._relay
+        upstream = self.upstream
+        assert relay is not None and upstream is not None
+        out = relay.from_client(data)
+        if out:
+            if upstream._channel.tls is None:
+                self._out.append(SendToUpstream(out, MAIN_LINK))
+            else:
+                upstream._channel.write(out)
+        if relay.terminated:
+            self._close("client terminated the session")
+
+    def _relay_server_data(self, data: bytes) -> None:
+        tls = self.upstream._channel.tls if self.upstream is not None else None
+        if tls is not None:
+            tls.receive_encrypted(data)
+            plaintext = tls.read()
+            if plaintext:
+                self._relay_server_bytes(plaintext)
+        elif data:
+            self._relay_server_bytes(data)
+        if not data and not self.is_closed:
+            relay = self._relay
+            assert relay is not None
+            if relay.fatal:
+                self._close("the server ended the session")
+            else:
+                self._fatal("08006", "the upstream server closed the connection unexpectedly")
+
+    def _relay_server_bytes(self, data: bytes) -> None:
+        relay = self._relay
+        assert relay is not None
+        out = relay.from_server(data)
+        if out:
+            if self.client._channel.tls is None:
+                self._out.append(SendToClient(out))
+            else:
+                self.client._channel.write(out)
+        if relay.parameters:
+            upstream = self.upstream
+            assert upstream is not None
+            for status in relay.parameters:
+                upstream.frontend.parameters[status.name] = status.value
+                if status.name == "client_encoding":
+                    upstream.frontend._set_client_encoding(status.value)
+                    self.client.backend._set_client_encoding(status.value)
+            relay.parameters.clear()
+        if relay.fatal:
+            self._fatal_from_upstream = True
+        if relay.ready_seen:
+            relay.ready_seen = 0
+            if not relay.pending:
+                self._after_ready_for_query(count=False)
 
     def _server_event(self, event: object) -> None:
         state = self.state
@@ -701,6 +810,16 @@ class Session:
         self._out.append(CancelTimer(LOGIN_TIMER))
         self._report_auth(True)
         if self.state is SessionState.READY:
+            config = self._proxy.config
+            chain = self._chain
+            if not (config.check_protocol or chain.client_codes or chain.server_codes):
+                upstream = self.upstream
+                assert upstream is not None
+                conversation = upstream.frontend._conversation
+                self._relay = Relay(limit=config.max_message_size,
+                                    pending=deque(conversation._pending),
+                                    unsynced=conversation._unsynced,
+                                    status=self.client.backend.transaction_status)
             self._after_ready_for_query(count=False)
 
     def _report_auth(self, ok: bool, *, sqlstate: str | None = None,
@@ -731,7 +850,10 @@ class Session:
                     self._send_client(message)
         upstream = self.upstream
         assert upstream is not None
-        if upstream.frontend.pending_syncs or self._deferred:
+        relay = self._relay
+        if (relay.pending if relay is not None else upstream.frontend.pending_syncs) or (
+            self._deferred
+        ):
             return
         if self._draining and self._at_rest():
             self._fatal("57P01", "terminating connection due to administrator command")
@@ -747,6 +869,8 @@ class Session:
         """No request in flight and no transaction open: safe to end the session."""
         if self.state is not SessionState.READY:
             return True
+        if self._relay is not None:
+            return self._relay.at_rest
         upstream = self.upstream
         return (upstream is not None and upstream.frontend.phase is Phase.READY
                 and not upstream.frontend.pending_syncs and not self._deferred
