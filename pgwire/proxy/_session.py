@@ -150,10 +150,10 @@ class Session:
     """
 
     __slots__ = (
-        "_auth_lookup", "_cancel_key", "_cancel_route", "_chain", "_client_auth_method",
+        "_auth_lookup", "_broken", "_cancel_key", "_cancel_route", "_chain", "_client_auth_method",
         "_deferred", "_draining", "_fatal_from_upstream", "_hidden", "_idle_armed", "_jobs",
-        "_looked_up", "_next_job", "_out", "_proxy", "_reject_token", "_rejects", "_relay",
-        "_scram_keys",
+        "_looked_up", "_next_job", "_out", "_proxy", "_reject_count", "_reject_token", "_rejects",
+        "_relay", "_scram_keys",
         "_upstream_user", "_z_seen", "auth_link", "client", "close_reason", "info",
         "session_id", "startup", "state", "upstream",
     )
@@ -166,9 +166,14 @@ class Session:
         self.state: str = SessionState.STARTUP
         self.info = SessionInfo(session_id=session_id, client_address=client_address,
                                 tls=False)
-        middleware = proxy._instantiate_middleware()
-        contexts = [Context(self, i, self.info, m.create_state(self.info))
-                    for i, m in enumerate(middleware)]
+        self._broken: Exception | None = None
+        try:
+            middleware = proxy._instantiate_middleware()
+            contexts = [Context(self, i, self.info, m.create_state(self.info))
+                        for i, m in enumerate(middleware)]
+        except Exception as exc:  # a middleware bug: this client is refused below
+            self._broken = exc
+            middleware, contexts = [], []
         self._chain = _Chain(middleware, contexts)
         self.client = ServerConnection(
             ssl_context=config.client_tls,
@@ -205,6 +210,7 @@ class Session:
         self._hidden: deque[int] = deque()
         self._rejects: dict[str, Reject] = {}
         self._reject_token = secrets.token_hex(8)
+        self._reject_count = 0
         self._jobs: dict[int, Callable[[JobOutcome], None] | None] = {}
         self._relay: Relay | None = None
         self._next_job = 0
@@ -239,13 +245,17 @@ class Session:
         self._out.append(StartTimer(LOGIN_TIMER, self._proxy.config.login_timeout))
         return self._take()
 
+    def _refuse_broken(self) -> bool:
+        """A middleware failed to set up this session: end it at the startup packet."""
+        if self._broken is None:
+            return False
+        self._internal_error(self._broken)
+        return True
+
     def client_data(self, data: bytes) -> list[Action]:
         """Bytes read from the client (``b""``: it closed)."""
         if self.is_closed:
             return []
-        if self._idle_armed:
-            self._idle_armed = False
-            self._out.append(CancelTimer(IDLE_TIMER))
         if self._relay is not None:
             try:
                 self._relay_client_data(data)
@@ -288,7 +298,10 @@ class Session:
                 self._main_link_data(data)
             elif link == AUTH_LINK:
                 self._auth_link_data(data)
-            # The cancel link never answers; its end needs nothing.
+            elif link == CANCEL_LINK and not data and self.state is SessionState.CANCEL:
+                self._out.append(CloseUpstream(CANCEL_LINK))
+                self._close("cancel request forwarded")
+            # Otherwise the cancel link never answers.
         except ProtocolError as exc:
             self._upstream_broke(exc)
         except Exception as exc:
@@ -304,8 +317,13 @@ class Session:
                 route = self._cancel_route
                 assert route is not None
                 self._out.append(SendToUpstream(route.request.encode(), CANCEL_LINK))
-                self._out.append(CloseUpstream(CANCEL_LINK))
-                self._close("cancel request delivered")
+                if not route.forwarded:
+                    self._out.append(CloseUpstream(CANCEL_LINK))
+                    self._close("cancel request delivered")
+                # Forwarded to a peer proxy: wait, as libpq does, until the peer
+                # closes, which it does once it has delivered the request. Our
+                # client waits on us the same way, so nobody leaves early and
+                # no adapter drops the delivery halfway.
             elif link == AUTH_LINK and self.auth_link is not None:
                 self.auth_link.start()
                 self._flush_link(self.auth_link, AUTH_LINK)
@@ -339,6 +357,11 @@ class Session:
                         f"{self._proxy.config.login_timeout:g} s")
         elif name == IDLE_TIMER and self.state is SessionState.READY and self._idle_armed:
             self._idle_armed = False
+            if self._requests_open():
+                # A whole request came in since the timer started: the session is
+                # not idle; the next ReadyForQuery starts the timer again. Half a
+                # message does not count, as in PostgreSQL.
+                return self._take()
             if self.transaction_status == "I":
                 self._fatal("57P05", "terminating connection due to idle-session timeout")
             else:
@@ -407,9 +430,13 @@ class Session:
     def _client_event(self, event: object) -> None:
         state = self.state
         if isinstance(event, StartupMessage):
+            if self._refuse_broken():
+                return
             self.info = SessionInfo(session_id=self.session_id,
                                     client_address=self.info.client_address,
                                     tls=self.client.tls)
+            for context in self._chain.contexts:  # they hold the info they were made with
+                context.info = self.info
             self._startup(event)
         elif isinstance(event, CancelRequest):
             self._cancel(event)
@@ -654,9 +681,6 @@ class Session:
             self._relay_server_bytes(server_rest)
 
     def _relay_client_data(self, data: bytes) -> None:
-        if self._idle_armed:
-            self._idle_armed = False
-            self._out.append(CancelTimer(IDLE_TIMER))
         tls = self.client._channel.tls
         try:
             if tls is not None:
@@ -855,6 +879,10 @@ class Session:
             self._deferred
         ):
             return
+        if self._rejects:
+            # Nothing is in flight: a rejection whose error never came (the server
+            # skipped it after an earlier error) will not come now.
+            self._rejects.clear()
         if self._draining and self._at_rest():
             self._fatal("57P01", "terminating connection due to administrator command")
             return
@@ -864,6 +892,14 @@ class Session:
         if seconds is not None:
             self._idle_armed = True
             self._out.append(StartTimer(IDLE_TIMER, seconds))
+
+    def _requests_open(self) -> bool:
+        """Requests sent upstream and not yet answered, or an open extended batch."""
+        relay = self._relay
+        if relay is not None:
+            return bool(relay.pending) or relay.unsynced
+        upstream = self.upstream
+        return upstream is not None and upstream.frontend.busy
 
     def _at_rest(self) -> bool:
         """No request in flight and no transaction open: safe to end the session."""
@@ -882,7 +918,8 @@ class Session:
             event, ReadyForQuery
         ):
             self._hidden.popleft()
-            self._z_seen += 1
+            # Counts it, and sends Respond answers that were waiting for it.
+            self._after_ready_for_query()
         elif isinstance(event, ErrorResponse) and event.severity in ("FATAL", "PANIC"):
             self._fatal_from_upstream = True
             self._send_client(event)
@@ -967,6 +1004,12 @@ class Session:
     def _inject_to_server(self, messages: tuple[Message, ...]) -> None:
         upstream = self.upstream
         assert upstream is not None
+        if messages and upstream.frontend._conversation._unsynced:
+            # Its answers would land inside the client's batch, and with no Sync
+            # of its own a failure would swallow the client's messages.
+            raise TypeError("Inject(to_server=...) while the client's extended-protocol "
+                            "batch is open: inject at a Query, or at the first message "
+                            "after a Sync")
         for message in messages:
             before = upstream.frontend.pending_syncs
             upstream.send(message)
@@ -982,7 +1025,8 @@ class Session:
             raise TypeError(f"{middleware!r}: a Respond must end with ReadyForQuery")
         upstream = self.upstream
         assert upstream is not None
-        owed = upstream.frontend.pending_syncs + len(self._hidden)
+        # Requests the proxy injected are in pending_syncs already.
+        owed = upstream.frontend.pending_syncs
         if owed == 0 and not self._deferred:
             for answer in verdict.messages:
                 self._send_client(answer)
@@ -1000,7 +1044,9 @@ class Session:
         # The server raises an error in the statement's place, so both sides agree
         # on what follows (failed transaction, skip to Sync); the proxy swaps the
         # server's error for the rejection's when it comes back.
-        token = f"pgwire_reject_{self._reject_token}_{len(self._rejects)}"
+        # A new number each time: a pending rejection's name must never be reused.
+        self._reject_count += 1
+        token = f"pgwire_reject_{self._reject_token}_{self._reject_count}"
         self._rejects[token] = verdict
         statement = f"SELECT pg_catalog.{token}()"
         if isinstance(message, Query | FunctionCall):
@@ -1018,7 +1064,7 @@ class Session:
             error = decoded
         if error.code == "42883":
             for token, verdict in self._rejects.items():
-                if token in (error.message or ""):
+                if f"{token}(" in (error.message or ""):
                     del self._rejects[token]
                     return verdict.error()
         if error.severity in ("FATAL", "PANIC"):
