@@ -50,16 +50,21 @@ from ..protocol import (
     Execute,
     FunctionCall,
     GSSENCRequest,
+    GSSENCResponse,
     Message,
     NegotiateProtocolVersion,
     Parse,
+    PasswordMessage,
     Phase,
     ProtocolError,
     Query,
     RawMessage,
     ReadyForQuery,
     RemoteProtocolError,
+    SASLInitialResponse,
+    SASLResponse,
     SSLRequest,
+    SSLResponse,
     StartupMessage,
     Sync,
     Terminate,
@@ -454,6 +459,10 @@ class Session:
         elif state is SessionState.READY:
             if isinstance(event, Message):
                 self._from_client(event, 0)
+        elif state is SessionState.CLIENT_AUTH and isinstance(
+            event, PasswordMessage | SASLInitialResponse | SASLResponse
+        ):
+            pass  # checked by the ServerConnection; Authenticated or LoginFailed follows
         elif state is SessionState.UPSTREAM_LOGIN and isinstance(event, Message) and (
             not isinstance(self._proxy.config.auth, ProxyAuth)
         ):
@@ -796,8 +805,8 @@ class Session:
             self._issue_cancel_key()
         elif isinstance(event, ReadyForQuery):
             self._login_complete(event)
-        elif isinstance(event, NegotiateProtocolVersion):
-            pass
+        elif isinstance(event, NegotiateProtocolVersion | SSLResponse | GSSENCResponse):
+            pass  # the ClientConnection's own business (encryption, 3.0 asked)
         elif relay and isinstance(event, AuthenticationSASL):
             # Channel binding cannot cross the proxy: the client's TLS ends here.
             mechanisms = tuple(m for m in event.mechanisms if m != _SCRAM_PLUS)
@@ -1174,6 +1183,9 @@ class Session:
     def _close(self, reason: str) -> None:
         if self.is_closed:
             return
+        tls = self.client._channel.tls
+        if tls is not None and tls.handshake_complete:
+            tls.close()  # close_notify: libpq treats a TLS end without it as an error
         with contextlib.suppress(ProtocolError):
             self._flush_client()
         for link, conn in ((MAIN_LINK, self.upstream), (AUTH_LINK, self.auth_link)):
