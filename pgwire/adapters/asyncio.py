@@ -53,7 +53,9 @@ class _Side(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.data_received(b"")
-        return False
+        # A client may hang up right after a CancelRequest: keep its transport
+        # until the session says CloseClient (once the cancel went out).
+        return self.link is None and not self.driver.closed_client
 
     def connection_lost(self, exc: Exception | None) -> None:
         driver = self.driver
