@@ -5,10 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from typing import Final
 
 from ..proxy import Address
 
-__all__ = ["bind_listeners", "peer_address", "reason"]
+__all__ = ["LINGER", "READ_SIZE", "WRITE_LIMIT", "bind_listeners", "peer_address", "reason"]
+
+#: Bytes queued for one socket beyond which the session's other sockets are not read.
+WRITE_LIMIT: Final = 1 << 20
+#: Bytes asked for per read.
+READ_SIZE: Final = 65536
+#: Seconds the upstream links of an ended session may take to write their Terminate.
+LINGER: Final = 5.0
 
 
 def bind_listeners(address: Address, reuse_port: bool = False,

@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Final
 from ..middleware.base import JobOutcome
 from ..proxy import Action, Address, Proxy, ProxyConfig, Session, format_address
 from ._base import SessionDriver, run_job
-from ._sockets import bind_listeners, peer_address, reason
+from ._sockets import LINGER as _LINGER
+from ._sockets import READ_SIZE as _READ_SIZE
+from ._sockets import WRITE_LIMIT, bind_listeners, peer_address, reason
 
 if TYPE_CHECKING:
     from ..testing.proxy import RunningProxy
@@ -48,11 +50,6 @@ __all__ = ["WRITE_LIMIT", "BlockingProxy", "running_in_thread", "serve_forever",
 
 logger = logging.getLogger("pgwire.proxy")
 
-#: Bytes queued for one socket beyond which the session's other sockets are not read.
-WRITE_LIMIT: Final = 1 << 20
-_READ_SIZE: Final = 65536
-#: Seconds the upstream links of an ended session may take to write their Terminate.
-_LINGER: Final = 5.0
 _CONNECTING: Final = (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK)
 
 

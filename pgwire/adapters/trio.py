@@ -31,7 +31,9 @@ import trio
 from ..middleware.base import JobOutcome
 from ..proxy import Address, Proxy, ProxyConfig, Session, format_address
 from ._base import SessionDriver, run_job
-from ._sockets import bind_listeners, peer_address, reason
+from ._sockets import LINGER as _LINGER
+from ._sockets import READ_SIZE as _READ_SIZE
+from ._sockets import WRITE_LIMIT, bind_listeners, peer_address, reason
 
 if TYPE_CHECKING:
     from ..testing.proxy import RunningProxy
@@ -40,11 +42,6 @@ __all__ = ["WRITE_LIMIT", "TrioProxy", "running_in_thread", "serve", "serve_fore
 
 logger = logging.getLogger("pgwire.proxy")
 
-#: Bytes queued for one socket beyond which the session's other sockets are not read.
-WRITE_LIMIT: Final = 1 << 20
-_READ_SIZE: Final = 65536
-#: Seconds the upstream links of an ended session may take to write their Terminate.
-_LINGER: Final = 5.0
 _START_TIMEOUT: Final = 30.0
 
 

@@ -950,9 +950,7 @@ class Session:
                     self._from_client(replacement, index + 1)
                 return
             if isinstance(verdict, Inject):
-                for injected in verdict.to_client:
-                    self._send_client(injected)
-                self._inject_to_server(verdict.to_server)
+                self._inject(verdict)
                 continue
             if isinstance(verdict, Respond):
                 self._respond(message, verdict, middleware)
@@ -978,9 +976,7 @@ class Session:
                     self._from_server(replacement, index - 1)
                 return
             if isinstance(verdict, Inject):
-                for injected in verdict.to_client:
-                    self._send_client(injected)
-                self._inject_to_server(verdict.to_server)
+                self._inject(verdict)
                 continue
             if isinstance(verdict, Reject):
                 self._send_client(verdict.error("FATAL"))
@@ -1009,6 +1005,11 @@ class Session:
         self._send_client(message)
         if code == b"Z":
             self._after_ready_for_query()
+
+    def _inject(self, verdict: Inject) -> None:
+        for injected in verdict.to_client:
+            self._send_client(injected)
+        self._inject_to_server(verdict.to_server)
 
     def _inject_to_server(self, messages: tuple[Message, ...]) -> None:
         upstream = self.upstream
