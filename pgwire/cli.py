@@ -1,239 +1,132 @@
 """The ``pgwire`` command line (also ``python -m pgwire``).
 
-``pgwire demo`` starts the in-memory server of :mod:`pgwire.demo_server` on a
-free loopback port, then plays a scripted conversation with it through a
-:class:`pgwire.Frontend` on a plain socket — start-up, a simple query, an
-extended query with a parameter, errors, pipelining, a transaction — printing
-every message each side sends. If ``psql`` is on ``PATH`` it finally runs
-``psql ... -c "select * from users"`` against the same server, to show that a
-real client accepts it. ``--keep-running`` then leaves the server up until
-Ctrl-C so you can try your own client.
+- ``pgwire proxy``: run the proxy (:mod:`pgwire.adapters.serve`), configured
+  by flags, a TOML file (:mod:`pgwire.proxy.config_file`), or both — flags
+  win. See ``docs/proxy.md``.
+- ``pgwire demo``: the proxy in front of a throwaway PostgreSQL, with a
+  scripted session through it (:mod:`pgwire.demo_proxy`).
+- ``pgwire demo --fake-server``: the in-memory server and a scripted
+  conversation showing every message (:mod:`pgwire.demo_fake`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import threading
 from collections.abc import Sequence
-from typing import TextIO
 
-from .demo_server import DemoServer
-from .protocol import (
-    NEED_DATA,
-    Bind,
-    ConnectionClosed,
-    DataRow,
-    Describe,
-    Execute,
-    Frontend,
-    Message,
-    Parse,
-    Query,
-    RawMessage,
-    ReadyForQuery,
-    RowDescription,
-    StartupMessage,
-    Sync,
-    Terminate,
-)
+from .proxy.config_file import ADAPTER_NAMES, LOG_LEVELS, ConfigError, Override
 
-__all__ = ["describe", "main", "run_demo"]
+__all__ = ["main", "proxy_overrides"]
 
-_TYPE_NAMES = {16: "bool", 20: "int8", 21: "int2", 23: "int4", 25: "text", 1043: "varchar"}
+_PROXY_HELP = """\
+Run the proxy until SIGINT or SIGTERM (then shut down gracefully; a second
+signal ends every session at once). With no --config, --upstream is enough:
+passthrough authentication, no middleware, listening on 127.0.0.1:6432.
+Flags override the file. See docs/proxy.md for every setting."""
+
+_DEMO_HELP = """\
+Start a throwaway PostgreSQL, put the proxy in front of it with two small
+middleware (a query log and a read-only rule), play a short session through
+it (a query, a prepared statement, a refused write, a cancel), then print a
+psql command to try it and wait for Ctrl-C. Needs the PostgreSQL server
+programs; --fake-server runs the in-memory server demo instead."""
 
 
-def describe(message: Message | RawMessage, encoding: str = "utf-8") -> str:
-    """One readable line for a message: its name and the fields that are set.
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgwire", description="Tools built on the pgwire PostgreSQL protocol library.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    Rows are shown as text values (NULL for SQL nulls), row descriptions as
-    ``name type`` pairs, start-up packets as their parameters.
-    """
-    if isinstance(message, RawMessage):
-        return repr(message)
-    name = type(message).__name__
-    if isinstance(message, DataRow):
-        values = ("NULL" if v is None else repr(v.decode(encoding, "replace"))
-                  for v in message.values)
-        return f"{name}({', '.join(values)})"
-    if isinstance(message, RowDescription):
-        columns = (f"{f.name} {_TYPE_NAMES.get(f.data_type_oid, f'oid {f.data_type_oid}')}"
-                   + (" binary" if f.format else "") for f in message.fields)
-        return f"{name}({', '.join(columns)})"
-    if isinstance(message, StartupMessage):
-        pairs = (f"{key}={value!r}" for key, value in message.parameters)
-        return f"{name}({', '.join(pairs)})"
-    if isinstance(message, ReadyForQuery):
-        return f"{name}(status={message.status.value!r})"
-    shown: list[str] = []
-    assert dataclasses.is_dataclass(message)
-    for spec in dataclasses.fields(message):
-        value = getattr(message, spec.name)
-        if spec.default is not dataclasses.MISSING and value == spec.default:
-            continue
-        if spec.default_factory is not dataclasses.MISSING and value == spec.default_factory():
-            continue
-        shown.append(f"{spec.name}={value!r}")
-    return f"{name}({', '.join(shown)})"
+    proxy = commands.add_parser("proxy", help="run the PostgreSQL proxy",
+                                description=_PROXY_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    proxy.add_argument("--config", "-c", metavar="FILE", help="a pgwire.toml file")
+    proxy.add_argument("--listen", metavar="HOST:PORT", action="append",
+                       help="where to accept clients (repeat for several; default "
+                            "127.0.0.1:6432; port 0 picks a free one)")
+    proxy.add_argument("--upstream", metavar="HOST:PORT", help="the PostgreSQL server")
+    proxy.add_argument("--adapter", choices=ADAPTER_NAMES,
+                       help="the I/O library (default asyncio)")
+    proxy.add_argument("--workers", metavar="N", type=int,
+                       help="worker processes sharing the port (asyncio only; default 1)")
+    proxy.add_argument("--tls-cert", metavar="FILE",
+                       help="certificate (PEM) to offer clients TLS with")
+    proxy.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    proxy.add_argument("--auth", choices=("passthrough", "proxy"),
+                       help="passthrough: relay the client's login to the server; proxy: "
+                            "check clients against [auth] in the file")
+    proxy.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
 
-
-class _ScriptedClient:
-    """A Frontend on a socket that prints every message it sends and receives."""
-
-    def __init__(self, sock: socket.socket, out: TextIO) -> None:
-        self.sock = sock
-        self.out = out
-        self.frontend = Frontend()
-
-    def send(self, *messages: Message) -> None:
-        """Send ``messages`` in one write (several make a pipeline)."""
-        data = b"".join(self.frontend.send(message) for message in messages)
-        for message in messages:
-            self.out.write(f"  client> {describe(message, self.frontend.encoding)}\n")
-        self.sock.sendall(data)
-
-    def receive(self) -> list[Message | RawMessage]:
-        """Print and return the server's messages until the requests sent so far
-        are all answered (one ReadyForQuery per Query or Sync), or the server closes."""
-        events: list[Message | RawMessage] = []
-        while True:
-            event = self.frontend.next_event()
-            if event is NEED_DATA:
-                self.frontend.receive_data(self.sock.recv(65536))
-                continue
-            if isinstance(event, ConnectionClosed):
-                self.out.write("  server closed the connection\n")
-                return events
-            assert not isinstance(event, type)
-            events.append(event)
-            self.out.write(f"  server> {describe(event, self.frontend.encoding)}\n")
-            if isinstance(event, ReadyForQuery) and not self.frontend.busy:
-                return events
-
-    def exchange(self, *messages: Message) -> list[Message | RawMessage]:
-        self.send(*messages)
-        return self.receive()
+    demo = commands.add_parser("demo", help="see the proxy work in front of a throwaway "
+                                            "PostgreSQL", description=_DEMO_HELP,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--no-wait", action="store_true",
+                      help="exit after the scripted session instead of waiting for Ctrl-C")
+    demo.add_argument("--fake-server", action="store_true",
+                      help="the in-memory server demo instead (no PostgreSQL needed)")
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="--fake-server: address to listen on (127.0.0.1)")
+    demo.add_argument("--port", type=int, default=0,
+                      help="--fake-server: port to listen on (0: a free one)")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="--fake-server: after the demo, serve until Ctrl-C")
+    return parser
 
 
-def _heading(out: TextIO, text: str) -> None:
-    out.write(f"\n== {text}\n")
+def proxy_overrides(args: argparse.Namespace) -> tuple[Override, ...]:
+    """The configuration keys the ``pgwire proxy`` flags set (paths made absolute)."""
+    found: list[Override] = []
+    if args.listen:
+        found.append(Override("listen", list(args.listen), "--listen"))
+    if args.upstream is not None:
+        found.append(Override("upstream", args.upstream, "--upstream"))
+    if args.adapter is not None:
+        found.append(Override("adapter", args.adapter, "--adapter"))
+    if args.workers is not None:
+        found.append(Override("workers", args.workers, "--workers"))
+    if args.tls_cert is not None:
+        found.append(Override("client_tls.cert", os.path.abspath(args.tls_cert), "--tls-cert"))
+    if args.tls_key is not None:
+        found.append(Override("client_tls.key", os.path.abspath(args.tls_key), "--tls-key"))
+    if args.auth == "passthrough":
+        # The whole [auth] table goes: its proxy-mode keys mean nothing now.
+        found.append(Override("auth", {"mode": "passthrough"}, "--auth"))
+    elif args.auth == "proxy":
+        found.append(Override("auth.mode", "proxy", "--auth"))
+    if args.log_level is not None:
+        found.append(Override("log_level", args.log_level, "--log-level"))
+    return tuple(found)
 
 
-def _conversation(port: int, out: TextIO) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        client = _ScriptedClient(sock, out)
+def _run_proxy(args: argparse.Namespace) -> int:
+    from .adapters.serve import ConfigSource, serve  # noqa: PLC0415 - loads asyncio
 
-        _heading(out, "Start-up: trust authentication, then the settings drivers read")
-        client.exchange(StartupMessage.from_dict(
-            {"user": "demo", "database": "demo", "application_name": "pgwire demo"}))
-
-        _heading(out, "Simple query: one Query message, rows in text format")
-        client.exchange(Query(query="select * from users"))
-
-        _heading(out, "Two statements in one Query, each with its own CommandComplete")
-        client.exchange(Query(query="select version(); show server_version"))
-
-        _heading(out, "Extended query: Parse, Bind a parameter, Describe, Execute, Sync")
-        client.exchange(
-            Parse(query="select name, email from users where id = $1"),
-            Bind(parameters=(b"2",)),
-            Describe(kind="P"),
-            Execute(),
-            Sync(),
-        )
-
-        _heading(out, "An error: the server names the SQLSTATE and the character position")
-        client.exchange(Query(query="select * from nosuch"))
-
-        _heading(out, "Pipelining: three batches in one write; the failed one does not "
-                      "affect the others")
-        client.send(
-            Parse(query="select $1::int as answer"), Bind(parameters=(b"42",)), Execute(), Sync(),
-            Parse(query="selec 1"), Bind(), Execute(), Sync(),
-            Parse(query="select current_user"), Bind(), Describe(kind="P"), Execute(), Sync(),
-        )
-        out.write(f"  ({client.frontend.pending_syncs} ReadyForQuery owed)\n")
-        client.receive()
-
-        _heading(out, "A transaction: ReadyForQuery reports the status (I idle, T in a "
-                      "block, E failed)")
-        client.exchange(Query(query="begin"))
-        client.exchange(Query(query="select 1"))
-        client.exchange(Query(query="select * from nosuch"))
-        client.exchange(Query(query="commit"))
-
-        _heading(out, "Terminate")
-        client.send(Terminate())
+    source = ConfigSource(args.config, proxy_overrides(args))
+    try:
+        return serve(source)
+    except ConfigError as exc:
+        sys.stderr.write(f"pgwire proxy: {exc}\n")
+        return 2
 
 
-def _psql_command(port: int) -> list[str]:
-    return ["psql", "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "demo", "-d", "demo"]
+def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.fake_server:
+        from .demo_fake import run_fake_demo  # noqa: PLC0415
 
+        return run_fake_demo(args.host, args.port, keep_running=args.keep_running)
+    if args.keep_running or args.port or args.host != "127.0.0.1":
+        parser.error("--host, --port and --keep-running go with --fake-server")
+    from .demo_proxy import run_demo  # noqa: PLC0415
 
-def _run_psql(port: int, out: TextIO) -> bool:
-    psql = shutil.which("psql")
-    _heading(out, "A real client: psql")
-    if psql is None:
-        out.write("  psql is not on PATH; skipped\n")
-        return True
-    argv = [psql, *_psql_command(port)[1:], "-c", "select * from users"]
-    out.write(f"  $ psql -X -h 127.0.0.1 -p {port} -U demo -d demo -c "
-              '"select * from users"\n')
-    env = dict(os.environ)
-    env.setdefault("PGCLIENTENCODING", "UTF8")
-    env.pop("PGPASSWORD", None)
-    result = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8",
-                            errors="replace", env=env, timeout=60, check=False)
-    for line in (result.stdout + result.stderr).splitlines():
-        out.write(f"  {line}\n")
-    if result.returncode != 0:
-        out.write(f"  psql failed with exit code {result.returncode}\n")
-        return False
-    return True
-
-
-def run_demo(host: str = "127.0.0.1", port: int = 0, *, keep_running: bool = False,
-             out: TextIO | None = None) -> int:
-    """Run ``pgwire demo``; return the exit status."""
-    out = out or sys.stdout
-    with DemoServer(host, port) as server:
-        out.write(f"pgwire demo server listening on {host}:{server.port}\n")
-        _conversation(server.port, out)
-        ok = _run_psql(server.port, out)
-        out.flush()
-        if keep_running:
-            command = " ".join(_psql_command(server.port))
-            out.write(f"\nThe server is still running. Try:\n  {command}\n"
-                      "Press Ctrl-C to stop.\n")
-            out.flush()
-            try:
-                threading.Event().wait()
-            except KeyboardInterrupt:
-                out.write("stopped\n")
-        if server.errors:
-            out.write(f"the server failed: {server.errors!r}\n")
-            ok = False
-    return 0 if ok else 1
+    return run_demo(wait=not args.no_wait)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pgwire`` console script."""
-    parser = argparse.ArgumentParser(
-        prog="pgwire", description="Tools built on the pgwire PostgreSQL protocol library.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo", help="start an in-memory server and talk to it, showing every message",
-        description=(__doc__ or "").split("\n\n")[1].replace("\n", " "))
-    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    demo.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
-    demo.add_argument("--keep-running", action="store_true",
-                      help="after the demo, serve until Ctrl-C")
+    parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -241,4 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         # Rows hold non-ASCII text; never crash on a terminal that cannot show it.
         sys.stdout.reconfigure(errors="backslashreplace")
-    return run_demo(args.host, args.port, keep_running=args.keep_running)
+    if args.command == "proxy":
+        return _run_proxy(args)
+    try:
+        return _run_demo(args, parser)
+    except KeyboardInterrupt:
+        return 130

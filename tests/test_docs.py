@@ -32,8 +32,9 @@ def test_every_public_name_is_documented() -> None:
 
 def test_readme_links_resolve() -> None:
     text = (ROOT / "README.md").read_text()
-    for target in ("docs/protocol.md", "docs/messages.md", "docs/state-machine.md",
-                   "docs/errors.md", "docs/security.md", "docs/testing.md", "docs/performance.md",
+    for target in ("docs/proxy.md", "examples/pgwire.toml", "docs/protocol.md",
+                   "docs/messages.md", "docs/state-machine.md", "docs/errors.md",
+                   "docs/security.md", "docs/testing.md", "docs/performance.md",
                    "examples/simple_client.py"):
         assert target in text
         assert (ROOT / target).exists(), target

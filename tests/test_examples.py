@@ -1,4 +1,4 @@
-"""The runnable programs: examples/fake_server.py and ``python -m pgwire demo``.
+"""The runnable programs: examples/fake_server.py and ``python -m pgwire demo --fake-server``.
 
 Each runs as a subprocess, the way a reader would start it; real clients
 (psycopg, psql) then talk to it.
@@ -91,10 +91,10 @@ def test_fake_server_example_answers_psql(
     assert (result.stdout, result.stderr, result.returncode) == ("1\n", "", 0)
 
 
-def test_demo_command_runs_the_whole_conversation() -> None:
+def test_fake_server_demo_runs_the_whole_conversation() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pgwire", "demo"], cwd=ROOT, env=ENV, capture_output=True,
-        text=True, encoding="utf-8", timeout=120, check=False,
+        [sys.executable, "-m", "pgwire", "demo", "--fake-server"], cwd=ROOT, env=ENV,
+        capture_output=True, text=True, encoding="utf-8", timeout=120, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line.strip() for line in result.stdout.splitlines()]
@@ -129,8 +129,8 @@ def test_demo_command_runs_the_whole_conversation() -> None:
         assert "(3 rows)" in lines
 
 
-def test_demo_keep_running_serves_until_interrupted() -> None:
-    process = start("-m", "pgwire", "demo", "--keep-running")
+def test_fake_server_demo_keep_running_serves_until_interrupted() -> None:
+    process = start("-m", "pgwire", "demo", "--fake-server", "--keep-running")
     port = read_port(process)
     assert process.stdout is not None
     for line in process.stdout:

@@ -772,6 +772,11 @@ class Session:
             if self._hidden and self._hidden[0] == self._z_seen:
                 self._hidden_answer(event)
                 return
+            if self._rejects and isinstance(event, Message | RawMessage) and (
+                event.type_code == b"E"
+            ):
+                # Before any middleware: they see the rejection, not its vehicle.
+                event = self._rewrite_reject_error(event)
             if isinstance(event, RawMessage):
                 self._to_client(event)
             elif isinstance(event, Message):
@@ -996,9 +1001,7 @@ class Session:
 
     def _to_client(self, message: Message | RawMessage) -> None:
         code = message.type_code
-        if code == b"E" and self._rejects:
-            message = self._rewrite_reject_error(message)
-        elif code == b"E" and isinstance(message, ErrorResponse) and (
+        if code == b"E" and isinstance(message, ErrorResponse) and (
             message.severity in ("FATAL", "PANIC")
         ):
             self._fatal_from_upstream = True
@@ -1145,9 +1148,13 @@ class Session:
 
     def _upstream_broke(self, exc: ProtocolError) -> None:
         self._proxy.stats.upstream_errors += 1
-        if isinstance(exc, RemoteProtocolError) and exc.sqlstate not in (None, "08P01"):
+        if self.state is not SessionState.READY and isinstance(exc, RemoteProtocolError) and (
+            exc.sqlstate not in (None, "08P01")
+        ):
             # LoginRefused, SCRAM failures: the proxy's own login upstream.
             self._fatal(exc.sqlstate, f"the proxy could not log in upstream: {exc.message}")
+        elif exc.sqlstate not in (None, "08P01"):
+            self._fatal(exc.sqlstate, f"upstream error: {exc.message}")
         else:
             self._fatal("08P01", f"upstream protocol error: {exc.message}")
 

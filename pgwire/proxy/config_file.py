@@ -69,8 +69,8 @@ _AUTH_METHODS: Final[tuple[AuthMethod, ...]] = (
 #: ``[auth.users]`` and ``[cancel.peers]`` are free (user names, instance ids),
 #: and so are the keys of a ``[[middleware]]`` table besides ``class``.
 KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
-    "": ("listen", "upstream", "adapter", "workers", "log_level", "auth", "client_tls",
-         "upstream_tls", "limits", "cancel", "middleware"),
+    "": ("listen", "upstream", "adapter", "workers", "log_level", "check_protocol", "auth",
+         "client_tls", "upstream_tls", "limits", "cancel", "middleware"),
     "auth": ("mode", "method", "userlist", "users", "query", "upstream_user",
              "upstream_password", "upstream_password_env"),
     "auth.query": ("user", "password", "password_env", "database", "query"),
@@ -346,6 +346,7 @@ class _Reader:
         adapter = cast(AdapterName, top.choice("adapter", ADAPTER_NAMES, "asyncio"))
         workers = top.integer("workers", 1, 1, MAX_INSTANCE_ID + 1)
         log_level = top.choice("log_level", LOG_LEVELS, "info")
+        check_protocol = top.boolean("check_protocol", False)
         if workers > 1 and adapter != "asyncio":
             raise top.error("workers", f'more than one worker needs adapter = "asyncio", '
                                        f'not "{adapter}"')
@@ -369,6 +370,14 @@ class _Reader:
             raise self.error("auth.method", '"cert" needs client_tls.cert and client_tls.key '
                                             "(and client_tls.ca to check client certificates)")
 
+        login_timeout = limits.seconds("login_timeout", 60.0)
+        connect_timeout = limits.seconds("connect_timeout", 10.0)
+        idle_timeout = limits.optional_seconds("idle_timeout")
+        idle_in_transaction_timeout = limits.optional_seconds("idle_in_transaction_timeout")
+        shutdown_timeout = self._shutdown_timeout(limits)
+        max_clients = limits.integer("max_clients", 1000, 1)
+        max_message_size = limits.integer("max_message_size", DEFAULT_MAX_MESSAGE_SIZE or 0, 1)
+        max_pending_jobs = limits.integer("max_pending_jobs", 64, 1)
         try:
             config = ProxyConfig(
                 upstream=upstream,
@@ -378,18 +387,17 @@ class _Reader:
                 client_tls_certificate=certificate,
                 require_client_tls=require_tls,
                 upstream_tls=upstream_tls,
-                login_timeout=limits.seconds("login_timeout", 60.0),
-                connect_timeout=limits.seconds("connect_timeout", 10.0),
-                idle_timeout=limits.optional_seconds("idle_timeout"),
-                idle_in_transaction_timeout=limits.optional_seconds(
-                    "idle_in_transaction_timeout"),
-                max_clients=limits.integer("max_clients", 1000, 1),
-                max_message_size=limits.integer("max_message_size",
-                                                DEFAULT_MAX_MESSAGE_SIZE or 0, 1),
-                max_pending_jobs=limits.integer("max_pending_jobs", 64, 1),
+                max_clients=max_clients,
+                max_message_size=max_message_size,
+                max_pending_jobs=max_pending_jobs,
                 instance_id=instance_id,
                 peers=peers,
-                shutdown_timeout=self._shutdown_timeout(limits),
+                login_timeout=login_timeout,
+                connect_timeout=connect_timeout,
+                idle_timeout=idle_timeout,
+                idle_in_transaction_timeout=idle_in_transaction_timeout,
+                shutdown_timeout=shutdown_timeout,
+                check_protocol=check_protocol,
             )
         except ValueError as exc:  # a rule of ProxyConfig the checks above did not cover
             raise ConfigError(self.source, None, str(exc)) from None
