@@ -129,6 +129,8 @@ def command_name(words: list[str]) -> str:
         return verb
     if rest[0] in _TWO_WORD_OBJECTS and len(rest) > 1:
         return f"{verb} {rest[0]} {rest[1]}"
+    if verb == "CREATE" and rest[0] == "TABLE" and "AS" in rest:
+        return "CREATE TABLE AS"    # AS outside parentheses: a query fills the table
     return f"{verb} {rest[0]}"
 
 
