@@ -158,7 +158,7 @@ class Session:
         "_auth_lookup", "_broken", "_cancel_key", "_cancel_route", "_chain", "_client_auth_method",
         "_deferred", "_draining", "_fatal_from_upstream", "_hidden", "_idle_armed", "_jobs",
         "_looked_up", "_next_job", "_out", "_proxy", "_reject_count", "_reject_token", "_rejects",
-        "_relay", "_scram_keys",
+        "_relay",
         "_upstream_user", "_z_seen", "auth_link", "client", "close_reason", "info",
         "session_id", "startup", "state", "upstream",
     )
@@ -201,7 +201,6 @@ class Session:
         self._cancel_route: CancelRoute | None = None
         self._client_auth_method = "passthrough"
         self._upstream_user: str | None = None
-        self._scram_keys: ScramKeys | None = None
         self._auth_lookup: _AuthLookup | None = None
         self._looked_up: str | None = None
         self._fatal_from_upstream = False
