@@ -1214,7 +1214,7 @@ class Session:
 
 
 class _LookupError(Exception):
-    pass
+    """The auth query failed or answered in an unusable shape."""
 
 
 class _AuthLookup:
