@@ -70,33 +70,26 @@ class SessionDriver(ABC):
     def perform(self, actions: Iterable[Action]) -> None:
         """Carry out ``actions`` in order."""
         for action in actions:
-            kind = type(action)
-            if kind is SendToUpstream:
-                assert isinstance(action, SendToUpstream)
-                self.send_upstream(action.link, action.data)
-            elif kind is SendToClient:
-                assert isinstance(action, SendToClient)
-                self.send_client(action.data)
-            elif kind is StartTimer:
-                assert isinstance(action, StartTimer)
-                self.start_timer(action.name, action.seconds)
-            elif kind is CancelTimer:
-                assert isinstance(action, CancelTimer)
-                self.cancel_timer(action.name)
-            elif kind is OpenUpstream:
-                assert isinstance(action, OpenUpstream)
-                self.open_upstream(action.link, action.address, action.timeout)
-            elif kind is CloseUpstream:
-                assert isinstance(action, CloseUpstream)
-                self.close_upstream(action.link)
-            elif kind is RunJob:
-                assert isinstance(action, RunJob)
-                self.run_job(action.job_id, action.job)
-            elif kind is CloseClient:
-                self.closed_client = True
-                self.close_client()
-            else:
-                raise TypeError(f"unknown action {action!r}")
+            match action:
+                case SendToUpstream(data=data, link=link):
+                    self.send_upstream(link, data)
+                case SendToClient(data=data):
+                    self.send_client(data)
+                case StartTimer(name=name, seconds=seconds):
+                    self.start_timer(name, seconds)
+                case CancelTimer(name=name):
+                    self.cancel_timer(name)
+                case OpenUpstream(link=link, address=address, timeout=timeout):
+                    self.open_upstream(link, address, timeout)
+                case CloseUpstream(link=link):
+                    self.close_upstream(link)
+                case RunJob(job_id=job_id, job=job):
+                    self.run_job(job_id, job)
+                case CloseClient():
+                    self.closed_client = True
+                    self.close_client()
+                case _:
+                    raise TypeError(f"unknown action {action!r}")
 
     @abstractmethod
     def send_client(self, data: bytes) -> None:
