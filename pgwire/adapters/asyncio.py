@@ -263,6 +263,8 @@ class AsyncioProxy:
                 transport.abort()
         for server in self._servers:
             await server.wait_closed()
+        # Middleware may flush to files or servers: not on the event loop.
+        await asyncio.to_thread(self.proxy.close)
         self.executor.shutdown(wait=False, cancel_futures=True)
         if not self._stopped.done():
             self._stopped.set_result(None)

@@ -591,6 +591,7 @@ class BlockingProxy:
             self._wait_sessions(5, hurry=False)
         for thread in threads:
             thread.join(5)
+        self.proxy.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._waker.close()
         self._waker_out.close()

@@ -409,6 +409,8 @@ class TrioProxy:
             driver.nursery.cancel_scope.cancel()
         with trio.move_on_after(5):
             await self._all_done()
+        # Middleware may flush to files or servers: not on the event loop.
+        await trio.to_thread.run_sync(self.proxy.close)
         self._stopped.set()
 
     def hurry(self) -> None:

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar
 
 from ..protocol import ErrorResponse, Message, StartupMessage
+from ..roles._state import SessionRoles
 
 if TYPE_CHECKING:
     from ..proxy._session import Session
+    from ..tls import TLSInfo
 
 __all__ = [
     "FORWARD",
@@ -32,6 +34,7 @@ __all__ = [
     "Inject",
     "JobOutcome",
     "Middleware",
+    "QueryResult",
     "Reject",
     "Replace",
     "Respond",
@@ -179,6 +182,19 @@ class JobOutcome:
         return self.error is None
 
 
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """The answer to :meth:`Context.query`: the rows as text, or the server's error."""
+
+    rows: tuple[tuple[str | None, ...], ...] = ()
+    error: ErrorResponse | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the server ran the query without error."""
+        return self.error is None
+
+
 class Context(Generic[StateT]):
     """What a hook gets: its own per-session ``state``, facts about the
     session, and ways to send messages or start background work.
@@ -217,6 +233,44 @@ class Context(Generic[StateT]):
         """The startup user (the client's, after any rewrite)."""
         startup = self._session.startup
         return (startup.get("user") or "") if startup is not None else ""
+
+    @property
+    def roles(self) -> SessionRoles:
+        """The session's roles, shared by every middleware of this session.
+
+        The proxy fills ``client_user``, ``database``, ``login_role`` and
+        ``session_user``; a role tracker (the :class:`~pgwire.middleware.roles.RoleGuard`'s)
+        keeps ``current_user`` current. See :class:`~pgwire.roles.SessionRoles`.
+        """
+        return self._session.roles
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The process id of the upstream server backend, once logged in."""
+        upstream = self._session.upstream
+        key = upstream.frontend.backend_key if upstream is not None else None
+        return key[0] if key is not None else None
+
+    @property
+    def tls_info(self) -> TLSInfo | None:
+        """What the client's TLS handshake established, when it used TLS."""
+        return self._session.client.tls_info
+
+    def query(self, sql: str, then: Callable[[QueryResult], None]) -> None:
+        """Run ``sql`` (a simple query) on the session's own upstream connection.
+
+        It goes to the server after the requests already sent, and before the
+        client's next one (after the client's Sync when an extended batch is
+        open). Its answer never reaches the client: ``then`` gets the rows
+        (as text) or the error, inside the session, when the answer is
+        complete. The query runs in the client's session, so it sees (and can
+        change) the session's settings, role and transaction; keep it to
+        reads such as ``SELECT current_user``. In a failed transaction block
+        it fails too (25P02). Callable once the login is complete and only
+        when some middleware of the chain reads messages (the session then
+        stays on the checked path).
+        """
+        self._session._query(sql, then)
 
     def send_to_client(self, message: Message) -> None:
         """Queue an asynchronous message (NoticeResponse, ParameterStatus,
@@ -282,6 +336,14 @@ class Middleware(Generic[StateT]):
 
     def on_session_end(self, ctx: Context[StateT], reason: str) -> None:
         """The session is over; ``reason`` says why (``client closed``, an error text...)."""
+
+    def close(self) -> None:
+        """The proxy is shutting down and every session has ended: flush and release.
+
+        Called once per middleware *instance* listed in the proxy's
+        configuration (shared by all sessions); middleware made per session
+        by a class or factory gets :meth:`on_session_end` only.
+        """
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name or type(self).__name__}>"

@@ -51,14 +51,15 @@ class Proxy:
     to tell.
     """
 
-    __slots__ = ("_ids", "_mock_key", "_sessions", "cancel_keys", "config", "shutting_down",
-                 "stats")
+    __slots__ = ("_closed", "_ids", "_mock_key", "_sessions", "cancel_keys", "config",
+                 "shutting_down", "stats")
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.cancel_keys = CancelKeys(config.instance_id, config.peers)
         self.stats = ProxyStats()
         self.shutting_down = False
+        self._closed = False
         self._sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         # One mock key for the process: an unknown user's fake SCRAM salt stays
@@ -91,6 +92,19 @@ class Proxy:
         """Refuse new logins from now on; the sessions still running."""
         self.shutting_down = True
         return list(self._sessions.values())
+
+    def close(self) -> None:
+        """The adapter finished shutting down: call :meth:`Middleware.close` on each
+        middleware instance of the configuration (once; errors are logged)."""
+        if self._closed:
+            return
+        self._closed = True
+        for item in self.config.middleware:
+            if isinstance(item, Middleware):
+                try:
+                    item.close()
+                except Exception as exc:  # one bad middleware must not stop the rest
+                    logger.error("%r.close() failed: %s", item, exc, exc_info=exc)
 
     def _forget(self, session: Session) -> None:
         self._sessions.pop(session.session_id, None)

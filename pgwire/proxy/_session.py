@@ -28,6 +28,7 @@ from ..middleware.base import (
     Inject,
     JobOutcome,
     Middleware,
+    QueryResult,
     Reject,
     Replace,
     Respond,
@@ -69,6 +70,7 @@ from ..protocol import (
     Sync,
     Terminate,
 )
+from ..roles._state import SessionRoles
 from ..server import ServerConnection
 from ..tls import TLSError
 from ._actions import (
@@ -155,12 +157,38 @@ class Session:
     """
 
     __slots__ = (
-        "_auth_lookup", "_broken", "_cancel_key", "_cancel_route", "_chain", "_client_auth_method",
-        "_deferred", "_draining", "_fatal_from_upstream", "_hidden", "_idle_armed", "_jobs",
-        "_looked_up", "_next_job", "_out", "_proxy", "_reject_count", "_reject_token", "_rejects",
+        "_auth_lookup",
+        "_broken",
+        "_cancel_key",
+        "_cancel_route",
+        "_chain",
+        "_client_auth_method",
+        "_deferred",
+        "_draining",
+        "_fatal_from_upstream",
+        "_hidden",
+        "_idle_armed",
+        "_jobs",
+        "_looked_up",
+        "_next_job",
+        "_out",
+        "_proxy",
+        "_query_backlog",
+        "_reject_count",
+        "_reject_token",
+        "_rejects",
         "_relay",
-        "_upstream_user", "_z_seen", "auth_link", "client", "close_reason", "info",
-        "session_id", "startup", "state", "upstream",
+        "_upstream_user",
+        "_z_seen",
+        "auth_link",
+        "client",
+        "close_reason",
+        "info",
+        "roles",
+        "session_id",
+        "startup",
+        "state",
+        "upstream",
     )
 
     def __init__(self, proxy: Proxy, session_id: int,
@@ -172,6 +200,8 @@ class Session:
         self.info = SessionInfo(session_id=session_id, client_address=client_address,
                                 tls=False)
         self._broken: Exception | None = None
+        #: The session's roles, shared by its middleware as ``ctx.roles``.
+        self.roles = SessionRoles()
         try:
             middleware = proxy._instantiate_middleware()
             contexts = [Context(self, i, self.info, m.create_state(self.info))
@@ -211,7 +241,8 @@ class Session:
         # send once it reaches a mark; _hidden marks whose whole answer is eaten.
         self._z_seen = 0
         self._deferred: deque[tuple[int, tuple[Message, ...]]] = deque()
-        self._hidden: deque[int] = deque()
+        self._hidden: deque[tuple[int, _Collector | None]] = deque()
+        self._query_backlog: list[_Collector] = []
         self._rejects: dict[str, Reject] = {}
         self._reject_token = secrets.token_hex(8)
         self._reject_count = 0
@@ -499,16 +530,27 @@ class Session:
         if not user:
             self._fatal("28000", "no PostgreSQL user name specified in startup packet")
             return
+        roles = self.roles
+        roles.client_user = self._client_user()
+        roles.database = startup.get("database") or user
         auth = config.auth
         if isinstance(auth, ProxyAuth):
+            # The client proves who it is; a middleware's rewrite only says
+            # which role the proxy logs in as upstream.
+            client_user = roles.client_user
             self._client_auth_method = auth.method
             if auth.auth_query is not None:
-                self._start_auth_query(auth.auth_query, user)
+                self._start_auth_query(auth.auth_query, client_user)
             else:
-                self._looked_up = auth.users.get(user)
+                self._looked_up = auth.users.get(client_user)
                 self._check_client(self._looked_up)
         else:
             self._open_upstream(user, None, relay=True)
+
+    def _client_user(self) -> str:
+        """The user the client named in its own StartupMessage (before rewrites)."""
+        startup = self.client.backend.startup
+        return (startup.get("user") or "") if startup is not None else ""
 
     def _check_client(self, secret: str | None) -> None:
         auth = self._proxy.config.auth
@@ -532,14 +574,21 @@ class Session:
         self._client_auth_method = event.method
         scram = self.client._scram
         keys = scram.keys if scram is not None else None
-        user = auth.upstream_user or event.user
+        rewritten = self.startup.get("user") or event.user
+        user = auth.upstream_user or rewritten
         password: str | ScramKeys | None = auth.upstream_password
         if password is None and auth.upstream_user is None:
-            secret = self._looked_up
-            if secret is not None and password_type(secret) == "plaintext":
-                password = secret
-            elif keys is not None:
-                password = keys
+            if user == event.user:
+                secret = self._looked_up
+                if secret is not None and password_type(secret) == "plaintext":
+                    password = secret
+                elif keys is not None:
+                    password = keys
+            else:
+                # Mapped to another role: its own plaintext password, if listed.
+                stored = auth.users.get(user)
+                if stored is not None and password_type(stored) == "plaintext":
+                    password = stored
         self._open_upstream(user, password, relay=False)
 
     def _open_upstream(self, user: str, password: str | ScramKeys | None, *,
@@ -768,7 +817,7 @@ class Session:
                 self._fatal("08006", "the upstream server closed the connection unexpectedly")
             return
         if state is SessionState.READY:
-            if self._hidden and self._hidden[0] == self._z_seen:
+            if self._hidden and self._hidden[0][0] == self._z_seen:
                 self._hidden_answer(event)
                 return
             if self._rejects and isinstance(event, Message | RawMessage) and (
@@ -845,11 +894,16 @@ class Session:
         self.state = SessionState.READY
         self._proxy.stats.logins += 1
         self._out.append(CancelTimer(LOGIN_TIMER))
+        roles = self.roles
+        roles.login_role = self._upstream_user
+        roles.session_user = self.server_parameters.get("session_authorization",
+                                                        self._upstream_user)
         self._report_auth(True)
         if self.state is SessionState.READY:
             config = self._proxy.config
             chain = self._chain
-            if not (config.check_protocol or chain.client_codes or chain.server_codes):
+            if not (config.check_protocol or chain.client_codes or chain.server_codes
+                    or self._hidden):
                 upstream = self.upstream
                 assert upstream is not None
                 conversation = upstream.frontend._conversation
@@ -862,8 +916,9 @@ class Session:
     def _report_auth(self, ok: bool, *, sqlstate: str | None = None,
                      message: str | None = None) -> None:
         startup = self.startup or self.client.backend.startup
-        user = (startup.get("user") or "") if startup is not None else ""
-        database = (startup.get("database") or user) if startup is not None else ""
+        user = self._client_user()
+        upstream_user = (startup.get("user") or "") if startup is not None else ""
+        database = (startup.get("database") or upstream_user) if startup is not None else ""
         result = AuthResult(ok=ok, user=user, database=database,
                             upstream_user=self._upstream_user if ok else None,
                             method=self._client_auth_method,
@@ -926,16 +981,33 @@ class Session:
                 and self.transaction_status == "I")
 
     def _hidden_answer(self, event: object) -> None:
-        """A message answering a request the proxy injected: eat it."""
+        """A message answering a request the proxy injected: eat it (or collect
+        it for the middleware that asked with ``ctx.query``)."""
+        collector = self._hidden[0][1]
         if (isinstance(event, RawMessage) and event.type_code == b"Z") or isinstance(
             event, ReadyForQuery
         ):
             self._hidden.popleft()
+            if collector is not None:
+                collector.finish()
             # Counts it, and sends Respond answers that were waiting for it.
             self._after_ready_for_query()
-        elif isinstance(event, ErrorResponse) and event.severity in ("FATAL", "PANIC"):
-            self._fatal_from_upstream = True
-            self._send_client(event)
+        elif isinstance(event, ErrorResponse):
+            if event.severity in ("FATAL", "PANIC"):
+                self._fatal_from_upstream = True
+                self._send_client(event)
+            elif collector is not None and collector.error is None:
+                collector.error = event
+        elif collector is not None and isinstance(event, Message | RawMessage) and (
+            event.type_code == b"D"
+        ):
+            upstream = self.upstream
+            assert upstream is not None
+            row = upstream.frontend.decode(event) if isinstance(event, RawMessage) else event
+            assert isinstance(row, DataRow)
+            encoding = upstream.frontend.encoding
+            collector.rows.append(tuple(None if v is None else bytes(v).decode(encoding)
+                                        for v in row.values))
 
     # -- middleware chains -------------------------------------------------------------
 
@@ -997,6 +1069,8 @@ class Session:
             self._finish_with_terminate("client terminated the session")
             return
         upstream.send(message)
+        if self._query_backlog:
+            self._send_query_backlog()
 
     def _to_client(self, message: Message | RawMessage) -> None:
         code = message.type_code
@@ -1023,11 +1097,39 @@ class Session:
                             "batch is open: inject at a Query, or at the first message "
                             "after a Sync")
         for message in messages:
-            before = upstream.frontend.pending_syncs
-            upstream.send(message)
-            if upstream.frontend.pending_syncs > before:
-                # The answer to this unit comes after every answer owed before it.
-                self._hidden.append(self._z_seen + before)
+            self._send_hidden(message, None)
+
+    def _send_hidden(self, message: Message, collector: _Collector | None) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        before = upstream.frontend.pending_syncs
+        upstream.send(message)
+        if upstream.frontend.pending_syncs > before:
+            # The answer to this unit comes after every answer owed before it.
+            self._hidden.append((self._z_seen + before, collector))
+
+    def _query(self, sql: str, then: Callable[[QueryResult], None]) -> None:
+        if self.state is not SessionState.READY or self._relay is not None:
+            raise RuntimeError("ctx.query() needs a logged-in session whose middleware "
+                               "reads messages (call it from on_authenticated or a "
+                               "message hook)")
+        collector = _Collector(sql, then)
+        upstream = self.upstream
+        assert upstream is not None
+        if upstream.frontend._conversation._unsynced:
+            # Behind the client's open batch: sent once its Sync has gone.
+            self._query_backlog.append(collector)
+        else:
+            self._send_hidden(Query(query=sql), collector)
+
+    def _send_query_backlog(self) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        if upstream.frontend._conversation._unsynced:
+            return
+        backlog, self._query_backlog = self._query_backlog, []
+        for collector in backlog:
+            self._send_hidden(Query(query=collector.sql), collector)
 
     def _respond(self, message: Message, verdict: Respond, middleware: Middleware[Any]) -> None:
         if not isinstance(message, Query | FunctionCall):
@@ -1211,6 +1313,22 @@ class Session:
                 middleware.on_session_end(self._chain.contexts[index], reason)
             except Exception as exc:
                 self._proxy._log_exception(self, exc)
+
+
+class _Collector:
+    """The answer to one ``ctx.query``, gathered for its callback."""
+
+    __slots__ = ("error", "rows", "sql", "then")
+
+    def __init__(self, sql: str, then: Callable[[QueryResult], None]) -> None:
+        self.sql = sql
+        self.then = then
+        self.rows: list[tuple[str | None, ...]] = []
+        self.error: ErrorResponse | None = None
+
+    def finish(self) -> None:
+        # Like any hook, an exception here ends the session with XX000.
+        self.then(QueryResult(rows=tuple(self.rows), error=self.error))
 
 
 class _LookupError(Exception):

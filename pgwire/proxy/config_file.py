@@ -19,14 +19,13 @@ variable that holds the password.
 from __future__ import annotations
 
 import difflib
-import functools
 import importlib
 import inspect
 import json
 import os
 import ssl
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, cast
@@ -558,11 +557,11 @@ class _Reader:
             peers[int(name)] = cancel.parse_address(key, value, _LISTEN_PORT)
         return peers
 
-    def _middleware(self, items: object) -> list[Callable[[], Middleware[Any]]]:
+    def _middleware(self, items: object) -> list[Middleware[Any]]:
         if not isinstance(items, list):
             raise self.error("middleware", "expected [[middleware]] tables, got "
                                            f"{_show(items)}")
-        chain: list[Callable[[], Middleware[Any]]] = []
+        chain: list[Middleware[Any]] = []
         for index, item in enumerate(items):
             key = f"middleware[{index}]"
             if not isinstance(item, dict):
@@ -572,11 +571,13 @@ class _Reader:
             if not isinstance(target, str) or ":" not in target:
                 raise self.error(f"{key}.class", 'expected "module:Class", got '
                                                  f"{_show(target)}")
-            chain.append(self._factory(f"{key}.class", target, arguments))
+            chain.append(self._instance(f"{key}.class", target, arguments))
         return chain
 
-    def _factory(self, key: str, target: str, arguments: dict[str, Any]
-                 ) -> Callable[[], Middleware[Any]]:
+    def _instance(self, key: str, target: str, arguments: dict[str, Any]) -> Middleware[Any]:
+        """One instance, shared by every session: middleware keeps per-session
+        data in ``ctx.state``, and shared resources (an audit sink, a role graph)
+        must exist once per proxy."""
         module_name, _, attribute = target.partition(":")
         try:
             found: object = importlib.import_module(module_name)
@@ -594,14 +595,13 @@ class _Reader:
             raise self.error(key, f"{target} does not take these settings: {exc}") from None
         except ValueError:
             pass  # no signature to check (a builtin); calling it will tell
-        factory = functools.partial(found, **arguments)
         try:
-            instance = factory()
+            instance = found(**arguments)
         except Exception as exc:
             raise self.error(key, f"{target}(...) failed: {type(exc).__name__}: {exc}") from None
         if not isinstance(instance, Middleware):
             raise self.error(key, f"{target} made {type(instance).__name__}, not a Middleware")
-        return cast(Callable[[], Middleware[Any]], factory)
+        return instance
 
 
 def describe_listen(addresses: Iterable[Address]) -> str:
