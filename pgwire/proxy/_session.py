@@ -174,6 +174,7 @@ class Session:
         "_out",
         "_proxy",
         "_query_backlog",
+        "_z_arriving",
         "_reject_count",
         "_reject_token",
         "_rejects",
@@ -240,6 +241,7 @@ class Session:
         # _z_seen counts the server's ReadyForQuery; _deferred holds answers to
         # send once it reaches a mark; _hidden marks whose whole answer is eaten.
         self._z_seen = 0
+        self._z_arriving = 0
         self._deferred: deque[tuple[int, tuple[Message, ...]]] = deque()
         self._hidden: deque[tuple[int, _Collector | None]] = deque()
         self._query_backlog: list[_Collector] = []
@@ -828,7 +830,16 @@ class Session:
             if isinstance(event, RawMessage):
                 self._to_client(event)
             elif isinstance(event, Message):
-                self._from_server(event, len(self._chain.middleware) - 1)
+                if event.type_code == b"Z":
+                    # Hooks run before this ReadyForQuery is counted: what they
+                    # send upstream is answered after it.
+                    self._z_arriving = 1
+                    try:
+                        self._from_server(event, len(self._chain.middleware) - 1)
+                    finally:
+                        self._z_arriving = 0
+                else:
+                    self._from_server(event, len(self._chain.middleware) - 1)
             return
         self._login_event(event)
 
@@ -1106,7 +1117,7 @@ class Session:
         upstream.send(message)
         if upstream.frontend.pending_syncs > before:
             # The answer to this unit comes after every answer owed before it.
-            self._hidden.append((self._z_seen + before, collector))
+            self._hidden.append((self._z_seen + self._z_arriving + before, collector))
 
     def _query(self, sql: str, then: Callable[[QueryResult], None]) -> None:
         if self.state is not SessionState.READY or self._relay is not None:

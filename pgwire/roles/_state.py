@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
-__all__ = ["RoleChange", "RoleDecision", "RoleEvent", "SessionRoles"]
+__all__ = ["ROLE_SETTINGS", "RoleChange", "RoleDecision", "RoleEvent", "SessionRoles"]
+
+#: The settings that decide who a session acts as (GUC names, lower case).
+ROLE_SETTINGS: Final = frozenset({"role", "session_authorization"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

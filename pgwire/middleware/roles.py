@@ -1,0 +1,376 @@
+"""RoleGuard: decide which role changes a session may make, from the SQL itself.
+
+PostgreSQL tells a client nothing when ``SET ROLE`` switches between
+ordinary roles, so a proxy that waits for a signal learns of a role change
+too late. The guard reads every statement before it goes upstream, with
+PostgreSQL's own grammar (:func:`pgwire.roles.analyze`), and refuses the
+ones its policy does not allow with SQLSTATE 42501, the way PostgreSQL
+refuses a ``SET ROLE`` it does not permit. The proxy's rejection mechanism
+makes the server fail in the statement's place, so a transaction block
+ends up aborted on both sides and an extended-protocol batch skips to Sync.
+
+Policies (``policy=``):
+
+- ``deny``: no role change at all (returning to the default role is allowed);
+- ``allowlist``: only to the roles listed for the startup user, or for a
+  group it belongs to (``allow={"alice": ["reporting"], "@staff": ["audit_*"]}``);
+- ``drop_only``: only to roles the login role is a member of that carry no
+  attribute the login lacks (never to a SUPERUSER, BYPASSRLS or CREATEROLE
+  holder), from the role graph the proxy loads from upstream.
+
+The guard also tracks the session's effective role (``ctx.roles``) for the
+rest of the chain; see ``docs/roles.md``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from ..protocol import (
+    Bind,
+    Close,
+    CommandComplete,
+    ErrorResponse,
+    Execute,
+    FunctionCall,
+    Message,
+    Parse,
+    Query,
+    ReadyForQuery,
+)
+from ..roles._graph import RoleGraph, RoleGraphSource
+from ..roles._sql import Analysis, RoleAction, analyze
+from ..roles._state import RoleDecision
+from ..roles._tracker import RoleTracker
+from .base import AuthResult, Context, Middleware, QueryResult, Reject, SessionInfo, Verdict
+
+__all__ = ["RoleGuard"]
+
+Policy = Literal["deny", "allowlist", "drop_only"]
+Switch = Literal["refuse", "allow"]
+FunctionPolicy = Literal["inspect", "refuse", "allow"]
+
+#: pg_proc OID of set_config(text, text, boolean) (fixed in PostgreSQL's
+#: catalog, src/include/catalog/pg_proc.dat): a FunctionCall message to it
+#: changes a setting without any SQL text to read.
+SET_CONFIG_OID: Final = 2078
+#: Client encodings whose multibyte characters can contain the bytes of ``\``
+#: or ``'``: text in them lexes safely only if it is pure ASCII.
+_UNSAFE_ENCODINGS: Final = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC",
+                                      "GB18030", "JOHAB"})
+_VERIFY_SQL: Final = "SELECT current_user, session_user"
+_LOGIN_SQL: Final = "SELECT current_user, session_user, pg_catalog.current_setting('role')"
+_POLICIES: Final = ("deny", "allowlist", "drop_only")
+
+
+@dataclass(slots=True)
+class GuardState:
+    """What the guard keeps per session."""
+
+    tracker: RoleTracker | None = None
+    #: A statement that may change lexing was sent and not yet answered.
+    lexing_unsettled: bool = False
+    refused: int = 0
+
+
+class RoleGuard(Middleware[GuardState]):
+    """Refuse role changes the policy does not allow (see the module docstring).
+
+    - ``policy``: ``deny`` (default), ``allowlist`` or ``drop_only``.
+    - ``allow``: for ``allowlist``, startup user (or ``@group``) -> role names
+      or shell-style patterns it may switch to.
+    - ``graph``: where the role graph comes from: a
+      :class:`~pgwire.roles.RoleGraphSource` (loaded in the background and
+      refreshed), a fixed :class:`~pgwire.roles.RoleGraph`, or a mapping of
+      RoleGraphSource arguments (TOML). Needed by ``drop_only`` and by
+      ``@group`` keys; until it has loaded, decisions that need it refuse.
+    - ``unparseable``: ``refuse`` (default) or ``allow`` SQL the parser rejects.
+    - ``do_blocks``: ``refuse`` (default) or ``allow`` DO blocks, whose code
+      the guard cannot see.
+    - ``call``: ``allow`` (default) or ``refuse`` CALL of procedures.
+    - ``functions``: ``inspect`` (default: refuse function and procedure
+      definitions with a role-setting SET clause or a SQL body that changes
+      a role), ``refuse`` every definition, or ``allow`` them all.
+    - ``alter_defaults``: ``refuse`` (default) or ``allow`` ALTER ROLE/DATABASE/
+      SYSTEM ... SET/RESET of role settings (they change future sessions).
+    - ``verify``: after a role change, ask the server (``SELECT current_user,
+      session_user``, once the session is idle) so ``ctx.roles`` is exact.
+    """
+
+    client_messages = frozenset({b"Q", b"P", b"B", b"E", b"C", b"S", b"F"})
+    server_messages = frozenset({b"C", b"E", b"Z", b"I", b"s"})
+
+    def __init__(self, policy: Policy = "deny", *,
+                 allow: Mapping[str, Iterable[str]] | None = None,
+                 graph: RoleGraphSource | RoleGraph | Mapping[str, object] | None = None,
+                 unparseable: Switch = "refuse", do_blocks: Switch = "refuse",
+                 call: Literal["allow", "refuse"] = "allow",
+                 functions: FunctionPolicy = "inspect",
+                 alter_defaults: Switch = "refuse", verify: bool = True) -> None:
+        if policy not in _POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(_POLICIES)}, not {policy!r}")
+        for name, value, choices in (("unparseable", unparseable, ("refuse", "allow")),
+                                     ("do_blocks", do_blocks, ("refuse", "allow")),
+                                     ("call", call, ("refuse", "allow")),
+                                     ("functions", functions, ("inspect", "refuse", "allow")),
+                                     ("alter_defaults", alter_defaults, ("refuse", "allow"))):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        self.policy: Policy = policy
+        self.allow: dict[str, tuple[str, ...]] = {}
+        for key, roles in (allow or {}).items():
+            if isinstance(roles, str):
+                raise ValueError(f"allow[{key!r}] must be a list of roles, not a string")
+            self.allow[str(key)] = tuple(str(r) for r in roles)
+        if policy == "allowlist" and not self.allow:
+            raise ValueError("policy 'allowlist' needs allow={user or @group: [roles]}")
+        if isinstance(graph, RoleGraph):
+            graph = RoleGraphSource.static(graph)
+        elif isinstance(graph, Mapping):
+            graph = RoleGraphSource(**graph)  # type: ignore[arg-type]
+        self.graph: RoleGraphSource | None = graph
+        needs_graph = policy == "drop_only" or any(k.startswith("@") for k in self.allow)
+        if needs_graph and graph is None:
+            raise ValueError("policy 'drop_only' and @group allowlist keys need graph= "
+                             "(a RoleGraphSource or RoleGraph)")
+        self.unparseable = unparseable
+        self.do_blocks = do_blocks
+        self.call = call
+        self.functions = functions
+        self.alter_defaults = alter_defaults
+        self.verify = verify
+        if graph is not None and graph.current() is None:
+            # Load now, off the caller's thread: the first sessions need it.
+            threading.Thread(target=self._load_quietly, name="pgwire-role-graph",
+                             daemon=True).start()
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def create_state(self, info: SessionInfo) -> GuardState:
+        return GuardState()
+
+    def on_authenticated(self, ctx: Context[GuardState], result: AuthResult) -> Reject | None:
+        if not result.ok:
+            return None
+        roles = ctx.roles
+        if roles.claim_tracking(self):
+            tracker = ctx.state.tracker = RoleTracker(roles)
+            ctx.query(_LOGIN_SQL, lambda answer: self._logged_in(tracker, answer))
+        graph = self.graph
+        if graph is not None and graph.stale():
+            ctx.submit(graph.refresh_if_stale)
+        return None
+
+    def on_client_message(self, ctx: Context[GuardState], message: Message) -> Verdict:
+        state = ctx.state
+        tracker = state.tracker
+        if isinstance(message, Query):
+            verdict = self._check_sql(ctx, message.query)
+            if tracker is not None:
+                tracker.query(None if verdict is not None else analyze(message.query),
+                              message.query)
+            return verdict
+        if isinstance(message, Parse):
+            verdict = self._check_sql(ctx, message.query)
+            if tracker is not None:
+                tracker.parse(message.statement,
+                              None if verdict is not None else analyze(message.query),
+                              message.query)
+            return verdict
+        if tracker is None:
+            return None
+        if isinstance(message, Bind):
+            tracker.bind(message.portal, message.statement)
+        elif isinstance(message, Execute):
+            tracker.execute(message.portal)
+        elif isinstance(message, Close):
+            tracker.close(message.kind, message.name)
+        elif message.type_code == b"S":
+            tracker.sync()
+        elif isinstance(message, FunctionCall):
+            if message.function_oid == SET_CONFIG_OID:
+                tracker.function_call()
+                return self._refuse(ctx, "set_config called by OID", RoleAction(
+                    "dynamic_set_config", detail="FunctionCall"),
+                    "a FunctionCall to set_config cannot be checked")
+            tracker.function_call()
+        return None
+
+    def on_server_message(self, ctx: Context[GuardState], message: Message) -> Verdict:
+        state = ctx.state
+        tracker = state.tracker
+        if tracker is None:
+            return None
+        code = message.type_code
+        if code == b"C":
+            assert isinstance(message, CommandComplete)
+            tracker.command_complete(message.tag)
+        elif code == b"E":
+            if not (isinstance(message, ErrorResponse)
+                    and message.severity in ("FATAL", "PANIC")):
+                tracker.error()
+        elif code == b"Z":
+            assert isinstance(message, ReadyForQuery)
+            if tracker.ready(str(message.status.value)) and self.verify:
+                ctx.query(_VERIFY_SQL, lambda answer: self._verified(tracker, answer))
+            if not tracker.busy:
+                state.lexing_unsettled = False
+        elif code == b"I":
+            tracker.empty_query()
+        elif code == b"s":
+            tracker.portal_suspended()
+        return None
+
+    def close(self) -> None:
+        """Nothing to flush: the guard keeps no records."""
+
+    # -- decisions ---------------------------------------------------------------------
+
+    def _check_sql(self, ctx: Context[GuardState], sql: str) -> Reject | None:
+        state = ctx.state
+        if self._lexing_uncertain(ctx) and (not sql.isascii() or "\\" in sql):
+            return self._refuse(ctx, sql, RoleAction("unparseable"),
+                                "how the server lexes this text is uncertain (a change of "
+                                "standard_conforming_strings or client_encoding, or a "
+                                "client encoding whose characters can hide quotes); "
+                                "send ASCII text without backslashes")
+        analysis = analyze(sql)
+        if analysis.error is not None:
+            if self.unparseable == "allow":
+                return None
+            return self._refuse(ctx, sql, RoleAction("unparseable"),
+                                f"the statement could not be parsed ({analysis.error}), so "
+                                "its effect on roles cannot be checked")
+        if analysis.changes_lexing:
+            state.lexing_unsettled = True
+        return self._check_actions(ctx, sql, analysis)
+
+    def _check_actions(self, ctx: Context[GuardState], sql: str,
+                       analysis: Analysis) -> Reject | None:
+        decisions: list[RoleDecision] = []
+        for action in analysis.actions:
+            reason = self._reason_to_refuse(ctx, action)
+            if reason is not None:
+                return self._refuse(ctx, sql, action, reason)
+            decisions.append(RoleDecision(statement=sql, kind=action.kind, target=action.target,
+                                          allowed=True, reason="allowed", policy=self.policy))
+        for decision in decisions:
+            ctx.roles.publish(decision)
+        return None
+
+    def _reason_to_refuse(self, ctx: Context[GuardState], action: RoleAction) -> str | None:
+        kind = action.kind
+        if kind in ("set_role", "set_session_authorization"):
+            return self._target_refused(ctx, action)
+        if kind == "discard_all":
+            return None
+        if kind == "alter_role_default":
+            return None if self.alter_defaults == "allow" else (
+                "changing the default role of future sessions is not allowed through "
+                "this proxy")
+        if kind == "dynamic_set_config":
+            return ("set_config with a setting name that is not a literal may change the "
+                    "role")
+        if kind == "settings_table":
+            return "writes to pg_settings run set_config and may change the role"
+        if kind == "do_block":
+            return None if self.do_blocks == "allow" else (
+                "DO blocks are not allowed: their code can change the role")
+        if kind == "call":
+            return None if self.call == "allow" else "CALL is not allowed through this proxy"
+        if kind == "function_definition":
+            if self.functions == "allow":
+                return None
+            if self.functions == "refuse":
+                return "defining functions and procedures is not allowed through this proxy"
+            if action.detail == "SET clause" or action.detail.startswith("SQL body:"):
+                return (f"a function or procedure that changes the role ({action.detail}) "
+                        "is not allowed")
+            return None
+        return f"unknown role action {kind}"  # fail closed on anything new
+
+    def _target_refused(self, ctx: Context[GuardState], action: RoleAction) -> str | None:
+        what = "role" if action.kind == "set_role" else "session authorization"
+        if action.reset:
+            return None  # back to the session's default: nothing gained
+        target = action.target
+        if target is None:
+            return f"the {what} value is not a literal, so it cannot be checked"
+        roles = ctx.roles
+        if target == roles.login_role:
+            return None
+        if self.policy == "deny":
+            return f"changing the {what} is not allowed through this proxy"
+        graph = self.graph.current() if self.graph is not None else None
+        if self.policy == "drop_only":
+            if graph is None:
+                return "the role graph is not loaded yet, so the change cannot be checked"
+            login = roles.login_role or ""
+            allowed, reason = graph.drop_only(login, target, database=roles.database)
+            return None if allowed else reason
+        for pattern in self._allowed_targets(ctx, graph):
+            if fnmatch.fnmatchcase(target, pattern):
+                return None
+        return f"{target!r} is not in the allowlist of {roles.client_user!r}"
+
+    def _allowed_targets(self, ctx: Context[GuardState],
+                         graph: RoleGraph | None) -> Iterable[str]:
+        roles = ctx.roles
+        users = {roles.client_user, roles.login_role or ""}
+        for user in users:
+            yield from self.allow.get(user, ())
+        if graph is not None:
+            groups: set[str] = set()
+            for user in users:
+                if user and graph.role(user) is not None:
+                    groups |= graph.groups(user, database=roles.database)
+            for group in groups:
+                yield from self.allow.get(f"@{group}", ())
+
+    def _refuse(self, ctx: Context[GuardState], sql: str, action: RoleAction,
+                reason: str) -> Reject:
+        ctx.state.refused += 1
+        ctx.roles.publish(RoleDecision(statement=sql, kind=action.kind, target=action.target,
+                                       allowed=False, reason=reason, policy=self.policy))
+        if action.kind == "set_role" and action.target is not None:
+            message = f'permission denied to set role "{action.target}"'
+        elif action.kind == "set_session_authorization" and action.target is not None:
+            message = f'permission denied to set session authorization "{action.target}"'
+        else:
+            message = "statement refused by the role guard"
+        return Reject("42501", message, detail=reason,
+                      hint=f"pgwire role guard, policy {self.policy}")
+
+    def _lexing_uncertain(self, ctx: Context[GuardState]) -> bool:
+        if ctx.state.lexing_unsettled:
+            return True
+        parameters = ctx.parameters
+        if parameters.get("standard_conforming_strings", "on") != "on":
+            return True
+        return parameters.get("client_encoding", "UTF8").upper() in _UNSAFE_ENCODINGS
+
+    # -- callbacks ---------------------------------------------------------------------
+
+    @staticmethod
+    def _logged_in(tracker: RoleTracker, answer: QueryResult) -> None:
+        if answer.ok and answer.rows:
+            current, session, setting = answer.rows[0]
+            tracker.login(current or "", session or "", setting or "")
+
+    @staticmethod
+    def _verified(tracker: RoleTracker, answer: QueryResult) -> None:
+        if answer.ok and answer.rows:
+            current, session = answer.rows[0][:2]
+            tracker.verified(current or "", session or "")
+
+    def _load_quietly(self) -> None:
+        graph = self.graph
+        assert graph is not None
+        try:
+            graph.refresh_if_stale()
+        except Exception:  # kept in graph.last_error; decisions refuse until it loads
+            return

@@ -1,0 +1,409 @@
+"""What a SQL string does to roles, read with PostgreSQL's own grammar.
+
+:func:`analyze` parses the text with libpg_query (through pglast: the same
+parser PostgreSQL runs, so a string splits into statements, and quotes,
+dollar quotes, nested comments and Unicode escapes resolve, exactly as on
+the server) and walks every statement's tree for what can change a role:
+
+- ``SET [SESSION|LOCAL] ROLE``, ``RESET ROLE``, ``SET ROLE NONE``, the generic
+  ``SET role = ...`` under any spelling (GUC names are case-insensitive);
+- ``SET``/``RESET SESSION AUTHORIZATION``;
+- ``set_config('role' | 'session_authorization', ...)`` anywhere in any
+  expression (a CTE, a view or rule body, COPY (query), EXPLAIN ANALYZE,
+  CREATE TABLE AS, PREPARE, a default ...), in positional or named notation;
+  a first argument that is not a literal is reported as unknown;
+- ``ALTER ROLE/USER/DATABASE ... SET/RESET role`` and ``ALTER SYSTEM``;
+- ``DISCARD ALL`` (returns to the default role);
+- ``DO`` blocks, ``CALL``, and function or procedure definitions with a
+  ``SET role`` clause or a SQL body that changes a role;
+- writes to ``pg_settings`` (its update rule calls set_config).
+
+It also reports transaction control (for tracking what a ROLLBACK undoes)
+and statements that change how later text is lexed
+(``standard_conforming_strings``). Results are cached by text: a repeated
+statement costs a dictionary lookup.
+
+Without pglast (an optional dependency: ``pip install pgwire[sql]``),
+:func:`analyze` raises :class:`ModuleNotFoundError` naming the extra.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+from ._state import ROLE_SETTINGS
+
+__all__ = [
+    "ROLE_SETTINGS",
+    "Analysis",
+    "RoleAction",
+    "StatementInfo",
+    "analyze",
+]
+
+#: Settings whose change alters how the server lexes later SQL text.
+LEXING_SETTINGS: Final = frozenset({"standard_conforming_strings", "client_encoding"})
+_SET_CONFIG_PARAMETERS: Final = ("setting_name", "new_value", "is_local")
+#: Statement kinds whose nested VariableSetStmt sets a future default, not the session.
+_DEFAULT_SETTERS: Final = ("AlterRoleSetStmt", "AlterDatabaseSetStmt", "AlterSystemStmt")
+_FUNCTION_DEFINERS: Final = ("CreateFunctionStmt", "AlterFunctionStmt")
+_WRITES: Final = ("UpdateStmt", "InsertStmt", "DeleteStmt", "MergeStmt")
+#: Statements whose expressions run as the statement does; set_config anywhere
+#: else (a view, rule, default, PREPARE, cursor) runs later, if ever.
+_RUNS_NOW: Final = frozenset({
+    "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "ExplainStmt",
+    "CopyStmt", "CreateTableAsStmt", "CallStmt", "ExecuteStmt", "ReturnStmt",
+    "VariableSetStmt",
+})
+_TRANSACTION_KINDS: Final = {
+    "TRANS_STMT_BEGIN": "begin",
+    "TRANS_STMT_START": "begin",
+    "TRANS_STMT_COMMIT": "commit",
+    "TRANS_STMT_ROLLBACK": "rollback",
+    "TRANS_STMT_SAVEPOINT": "savepoint",
+    "TRANS_STMT_RELEASE": "release",
+    "TRANS_STMT_ROLLBACK_TO": "rollback_to",
+    "TRANS_STMT_PREPARE": "prepare",
+    "TRANS_STMT_COMMIT_PREPARED": "commit_prepared",
+    "TRANS_STMT_ROLLBACK_PREPARED": "rollback_prepared",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RoleAction:
+    """One thing a statement does (or may do) to the session's roles.
+
+    ``kind`` is one of:
+
+    - ``set_role`` / ``set_session_authorization``: ``target`` is the role
+      asked for; ``None`` with ``reset=True`` for RESET, DEFAULT and ``NONE``;
+      ``None`` with ``reset=False`` when the value is not a literal;
+    - ``discard_all``: back to the default role and the login's session user;
+    - ``alter_role_default``: ``ALTER ROLE/DATABASE/SYSTEM ... SET/RESET`` of a
+      role setting (it changes what future sessions start as);
+    - ``dynamic_set_config``: set_config with a setting name that is not a
+      literal, so it may be ``role``;
+    - ``settings_table``: a write to ``pg_settings``, whose rule calls set_config;
+    - ``do_block``, ``call``: code the statement cannot show;
+    - ``function_definition``: a function or procedure definition (``detail``
+      says whether it carries a role-setting SET clause or a SQL body that
+      changes a role, or neither, ``opaque`` for a body in another language).
+    """
+
+    kind: str
+    target: str | None = None
+    reset: bool = False
+    local: bool = False
+    #: Found inside another construct (``set_config`` in a view body...), so it
+    #: runs later or elsewhere rather than in this session now.
+    deferred: bool = False
+    detail: str = ""
+
+    @property
+    def changes_role_now(self) -> bool:
+        """True for a change applied to this session when the statement runs."""
+        return self.kind in ("set_role", "set_session_authorization",
+                             "discard_all") and not self.deferred
+
+
+@dataclass(frozen=True, slots=True)
+class StatementInfo:
+    """One statement of a SQL string: its node type and what it does to roles."""
+
+    node: str
+    actions: tuple[RoleAction, ...] = ()
+    #: ``begin``, ``commit``, ``rollback``, ``savepoint``, ``release``,
+    #: ``rollback_to``, ``prepare`` ... for transaction control, else None.
+    transaction: str | None = None
+    savepoint: str | None = None
+    #: True when it may change standard_conforming_strings or client_encoding.
+    changes_lexing: bool = False
+    #: The prepared statement a PREPARE, EXECUTE or DEALLOCATE names
+    #: (None for DEALLOCATE ALL and every other statement).
+    prepared: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """The statements of one SQL string, or why it could not be parsed."""
+
+    statements: tuple[StatementInfo, ...] = ()
+    #: The parser's message when the text is not valid SQL (then no statements).
+    error: str | None = None
+
+    @property
+    def actions(self) -> Iterator[RoleAction]:
+        """Every role action of every statement, in order."""
+        for statement in self.statements:
+            yield from statement.actions
+
+    @property
+    def touches_roles(self) -> bool:
+        """True when some statement changes, or may change, a role."""
+        return any(statement.actions for statement in self.statements)
+
+    @property
+    def changes_lexing(self) -> bool:
+        """True when some statement may change how later SQL is lexed."""
+        return any(statement.changes_lexing for statement in self.statements)
+
+
+_EMPTY: Final = Analysis()
+
+
+def analyze(sql: str) -> Analysis:
+    """Parse ``sql`` and report what each statement does to roles (cached)."""
+    if not sql:
+        return _EMPTY
+    return _analyze(sql)
+
+
+@lru_cache(maxsize=8192)
+def _analyze(sql: str) -> Analysis:
+    parser = _parser()
+    try:
+        tree = json.loads(parser.parse_sql_json(sql))
+    except parser.ParseError as exc:
+        return Analysis(error=str(exc))
+    statements = tuple(_statement(raw.get("stmt", {})) for raw in tree.get("stmts", ()))
+    return Analysis(statements=statements)
+
+
+def _parser() -> Any:
+    try:
+        import pglast.parser  # noqa: PLC0415 - optional: only the guard needs it
+    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
+        raise ModuleNotFoundError(
+            "role analysis needs pglast (PostgreSQL's parser): pip install 'pgwire[sql]'"
+        ) from exc
+    return pglast.parser
+
+
+# -- one statement ------------------------------------------------------------------------
+
+
+def _statement(node: dict[str, Any]) -> StatementInfo:
+    kind, body = next(iter(node.items())) if node else ("", {})
+    actions: list[RoleAction] = []
+    changes_lexing = False
+    transaction = savepoint = None
+    if kind == "VariableSetStmt":
+        action, changes_lexing = _variable_set(body, deferred=False)
+        if action is not None:
+            actions.append(action)
+    elif kind in _DEFAULT_SETTERS:
+        setting = body.get("setstmt", {})
+        name = str(setting.get("name", "")).lower()
+        if name in ROLE_SETTINGS or setting.get("kind") == "VAR_RESET_ALL":
+            actions.append(RoleAction("alter_role_default", _first_value(setting),
+                                      detail=f"{kind}: {name or 'RESET ALL'}"))
+    elif kind == "DiscardStmt":
+        if body.get("target") == "DISCARD_ALL":
+            actions.append(RoleAction("discard_all", reset=True))
+            changes_lexing = True
+    elif kind == "TransactionStmt":
+        transaction = _TRANSACTION_KINDS.get(body.get("kind", ""))
+        savepoint = body.get("savepoint_name")
+    elif kind == "DoStmt":
+        actions.append(RoleAction("do_block"))
+    elif kind == "CallStmt":
+        actions.append(RoleAction("call", detail=_function_name(body.get("funccall", {}))))
+    elif kind in _FUNCTION_DEFINERS:
+        actions.append(_function_definition(kind, body))
+    elif kind in _WRITES and _is_pg_settings(body.get("relation")):
+        actions.append(RoleAction("settings_table", detail=kind))
+    # set_config anywhere in the tree (function definitions report theirs above).
+    if kind not in _FUNCTION_DEFINERS:
+        for call in _set_config_calls(body):
+            action, lexing = _set_config(call, deferred=kind not in _RUNS_NOW)
+            changes_lexing = changes_lexing or lexing
+            if action is not None:
+                actions.append(action)
+    prepared = body.get("name") if kind in ("PrepareStmt", "ExecuteStmt",
+                                            "DeallocateStmt") else None
+    return StatementInfo(node=kind, actions=tuple(actions), transaction=transaction,
+                         savepoint=savepoint, changes_lexing=changes_lexing,
+                         prepared=None if prepared is None else str(prepared))
+
+
+def _variable_set(body: dict[str, Any], *, deferred: bool) -> tuple[RoleAction | None, bool]:
+    """A SET/RESET: (its role action, whether it may change lexing)."""
+    set_kind = body.get("kind", "")
+    name = str(body.get("name", "")).lower()
+    local = bool(body.get("is_local", False))
+    if set_kind == "VAR_RESET_ALL":
+        # RESET ALL never resets role or session_authorization (both are
+        # GUC_NO_RESET_ALL), but it does reset standard_conforming_strings.
+        return None, True
+    lexing = name in LEXING_SETTINGS
+    if name not in ROLE_SETTINGS:
+        return None, lexing
+    action_kind = "set_role" if name == "role" else "set_session_authorization"
+    if set_kind in ("VAR_SET_DEFAULT", "VAR_RESET"):
+        return RoleAction(action_kind, reset=True, local=local, deferred=deferred), False
+    if set_kind == "VAR_SET_CURRENT":
+        # SET role FROM CURRENT keeps the value the session has.
+        return None, False
+    args = body.get("args", ())
+    value = _literal_text(args[0]) if len(args) == 1 else None
+    if value is None:
+        return RoleAction(action_kind, local=local, deferred=deferred,
+                          detail="the value is not a single literal"), False
+    if action_kind == "set_role" and value == "none":
+        return RoleAction(action_kind, reset=True, local=local, deferred=deferred), False
+    return RoleAction(action_kind, value, local=local, deferred=deferred), False
+
+
+def _function_definition(kind: str, body: dict[str, Any]) -> RoleAction:
+    """CREATE/ALTER FUNCTION or PROCEDURE: its SET clauses and SQL body."""
+    options = [*body.get("options", ()), *body.get("actions", ())]
+    language = ""
+    for option in options:
+        element = option.get("DefElem", {})
+        if element.get("defname") == "set":
+            setting = element.get("arg", {}).get("VariableSetStmt", {})
+            if str(setting.get("name", "")).lower() in ROLE_SETTINGS:
+                return RoleAction("function_definition", _first_value(setting),
+                                  deferred=True, detail="SET clause")
+        elif element.get("defname") == "language":
+            language = str(element.get("arg", {}).get("String", {}).get("sval", "")).lower()
+    inner: list[RoleAction] = []
+    if "sql_body" in body:  # BEGIN ATOMIC ... END: already parsed
+        for call in _set_config_calls(body["sql_body"]):
+            action, _ = _set_config(call, deferred=True)
+            if action is not None:
+                inner.append(action)
+    elif kind == "CreateFunctionStmt":
+        source = _function_source(options)
+        if language == "sql" and source is not None:
+            nested = analyze(source)
+            if nested.error is not None:
+                return RoleAction("function_definition", deferred=True,
+                                  detail=f"SQL body does not parse: {nested.error}")
+            inner.extend(a for a in nested.actions)
+        elif source is not None or language:
+            return RoleAction("function_definition", deferred=True,
+                              detail=f"opaque body (LANGUAGE {language or 'unknown'})")
+    if inner:
+        return RoleAction("function_definition", inner[0].target, deferred=True,
+                          detail=f"SQL body: {inner[0].kind}")
+    return RoleAction("function_definition", deferred=True, detail="no role change")
+
+
+def _function_source(options: list[dict[str, Any]]) -> str | None:
+    for option in options:
+        element = option.get("DefElem", {})
+        if element.get("defname") == "as":
+            arg = element.get("arg", {})
+            parts = arg.get("List", {}).get("items", ()) if isinstance(arg, dict) else arg
+            if isinstance(parts, list) and parts and isinstance(parts[0], dict):
+                return str(parts[0].get("String", {}).get("sval", ""))
+            return ""
+    return None
+
+
+# -- set_config ----------------------------------------------------------------------------
+
+
+def _set_config_calls(tree: object) -> Iterator[dict[str, Any]]:
+    """Every call of a function named set_config, at any depth."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            call = node.get("FuncCall")
+            if call is not None and _function_name(call) == "set_config":
+                yield call
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _set_config(call: dict[str, Any], *, deferred: bool) -> tuple[RoleAction | None, bool]:
+    arguments: dict[str, object] = {}
+    positional = 0
+    for argument in call.get("args", ()):
+        named = argument.get("NamedArgExpr") if isinstance(argument, dict) else None
+        if named is not None:
+            arguments[str(named.get("name", ""))] = named.get("arg")
+        elif positional < len(_SET_CONFIG_PARAMETERS):
+            arguments[_SET_CONFIG_PARAMETERS[positional]] = argument
+            positional += 1
+    name_node = arguments.get("setting_name")
+    literal = _literal_text(name_node) if name_node is not None else None
+    if literal is None or call.get("func_variadic"):
+        return RoleAction("dynamic_set_config", deferred=deferred,
+                          detail="the setting name is not a literal"), True
+    name = literal.lower()
+    if name not in ROLE_SETTINGS:
+        return None, name in LEXING_SETTINGS
+    kind = "set_role" if name == "role" else "set_session_authorization"
+    local = _literal_bool(arguments.get("is_local"))
+    value_node = arguments.get("new_value")
+    if isinstance(value_node, dict) and value_node.get("A_Const", {}).get("isnull"):
+        return RoleAction(kind, reset=True, local=bool(local), deferred=deferred,
+                          detail="set_config"), False
+    value = _literal_text(value_node) if value_node is not None else None
+    if value is None:
+        return RoleAction(kind, local=bool(local), deferred=deferred,
+                          detail="set_config with a value that is not a literal"), False
+    if kind == "set_role" and value == "none":
+        return RoleAction(kind, reset=True, local=bool(local), deferred=deferred,
+                          detail="set_config"), False
+    return RoleAction(kind, value, local=bool(local), deferred=deferred,
+                      detail="set_config"), False
+
+
+# -- small readers -------------------------------------------------------------------------
+
+
+def _function_name(call: dict[str, Any]) -> str:
+    names = call.get("funcname", ())
+    if not names:
+        return ""
+    return str(names[-1].get("String", {}).get("sval", ""))
+
+
+def _literal_text(node: object) -> str | None:
+    """The text of a string or number constant; None for anything else."""
+    if not isinstance(node, dict):
+        return None
+    constant = node.get("A_Const")
+    if constant is None or constant.get("isnull"):
+        return None
+    if "sval" in constant:
+        return str(constant["sval"].get("sval", ""))
+    if "ival" in constant:
+        return str(constant["ival"].get("ival", 0))
+    if "fval" in constant:
+        return str(constant["fval"].get("fval", ""))
+    return None
+
+
+def _literal_bool(node: object) -> bool | None:
+    if not isinstance(node, dict):
+        return None
+    constant = node.get("A_Const")
+    if constant is None:
+        return None
+    if "boolval" in constant:
+        return bool(constant["boolval"].get("boolval", False))
+    text = _literal_text(node)
+    if text is None:
+        return None
+    return text.strip().lower() in ("t", "tr", "tru", "true", "y", "ye", "yes", "on", "1")
+
+
+def _first_value(setting: dict[str, Any]) -> str | None:
+    args = setting.get("args", ())
+    return _literal_text(args[0]) if args else None
+
+
+def _is_pg_settings(relation: object) -> bool:
+    if not isinstance(relation, dict):
+        return False
+    return str(relation.get("relname", "")) == "pg_settings"

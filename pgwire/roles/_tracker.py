@@ -1,0 +1,325 @@
+"""Keep a session's ``current_user`` and ``session_user`` as the server has them.
+
+PostgreSQL reports no ParameterStatus when ``role`` changes, so the tracker
+models it from the statements it is shown and the answers that come back:
+
+- client side: each Query (its analysed statements), Parse/Bind/Execute/Close
+  (named statements and portals are remembered until closed), Sync and
+  FunctionCall, in the order they go upstream;
+- server side: CommandComplete, EmptyQueryResponse, PortalSuspended,
+  ErrorResponse and ReadyForQuery, which say which statement finished and
+  whether its transaction committed.
+
+A change applies when its statement completes, and follows PostgreSQL's
+setting rules: ``SET LOCAL`` lasts to the end of the transaction; a plain SET
+inside a transaction survives COMMIT and is undone by ROLLBACK, by a failed
+implicit transaction, and by ROLLBACK TO a savepoint set before it.
+
+The model is exact for what the statements show; what it cannot see
+(a function that calls set_config, a SECURITY DEFINER body) is caught by
+asking the server: :meth:`RoleTracker.ready` returns True when the session is
+idle after a change, and the guard then runs ``SELECT current_user,
+session_user`` and hands the answer to :meth:`RoleTracker.verified`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from ._sql import Analysis, StatementInfo
+from ._state import RoleChange, SessionRoles
+
+__all__ = ["RoleTracker"]
+
+# The two settings the model follows: (role, session_authorization);
+# role None means NONE (current_user is the session user).
+_Values = tuple[str | None, str | None]
+
+
+@dataclass(slots=True)
+class _QueryEntry:
+    statements: tuple[StatementInfo, ...]
+    sql: str
+    done: int = 0
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class _ExecuteEntry:
+    statement: StatementInfo | None
+    sql: str
+
+
+@dataclass(slots=True)
+class _SyncEntry:
+    pass
+
+
+@dataclass(slots=True)
+class _Transaction:
+    """Values a COMMIT would keep, and savepoints to roll back to."""
+
+    kept: _Values
+    savepoints: list[tuple[str, _Values, _Values]] = field(default_factory=list)
+
+
+class RoleTracker:
+    """The role model of one session (see the module docstring)."""
+
+    __slots__ = ("_base", "_current", "_default_role", "_dirty", "_failed_request",
+                 "_pending", "_portals", "_prepared", "_statements", "_transaction", "roles")
+
+    def __init__(self, roles: SessionRoles) -> None:
+        self.roles = roles
+        login = roles.session_user or roles.login_role
+        self._default_role: str | None = None
+        self._base: _Values = (None, login)
+        self._current: _Values = self._base
+        self._transaction: _Transaction | None = None
+        self._pending: deque[_QueryEntry | _ExecuteEntry | _SyncEntry] = deque()
+        self._statements: dict[str, tuple[StatementInfo | None, str]] = {}
+        self._portals: dict[str, tuple[StatementInfo | None, str]] = {}
+        self._prepared: dict[str, StatementInfo] = {}
+        self._dirty = False
+        self._failed_request = False
+        self._publish(None, verified=False)
+
+    # -- facts from the server ---------------------------------------------------------
+
+    def login(self, current_user: str, session_user: str, role_setting: str) -> None:
+        """What the server said right after login: the default role and users."""
+        self._default_role = None if role_setting in ("none", "") else current_user
+        self.roles.default_role = self._default_role
+        self._base = (self._default_role, session_user)
+        self._current = self._base
+        self._transaction = None
+        self._publish(None, verified=True)
+
+    def verified(self, current_user: str, session_user: str) -> None:
+        """The server's own answer to ``SELECT current_user, session_user``."""
+        roles = self.roles
+        if (roles.current_user, roles.session_user) != (current_user, session_user):
+            before = (roles.current_user, roles.session_user)
+            roles.current_user, roles.session_user = current_user, session_user
+            roles.publish(RoleChange(before_current=before[0], after_current=current_user,
+                                     before_session=before[1], after_session=session_user,
+                                     statement=None, verified=True))
+        role = None if current_user == session_user else current_user
+        self._current = (role, session_user)
+        if self._transaction is None:
+            self._base = self._current
+
+    # -- client messages, in the order they go upstream ----------------------------------
+
+    def query(self, analysis: Analysis | None, sql: str = "") -> None:
+        """A Query went upstream (``None``: it was replaced by a rejection)."""
+        statements = analysis.statements if analysis is not None else ()
+        self._pending.append(_QueryEntry(statements, sql))
+
+    def parse(self, name: str, analysis: Analysis | None, sql: str = "") -> None:
+        """A Parse went upstream (``None``: it was rejected, so nothing is named)."""
+        if analysis is None or len(analysis.statements) != 1:
+            self._statements.pop(name, None)
+            return
+        self._statements[name] = (analysis.statements[0], sql)
+
+    def bind(self, portal: str, statement: str) -> None:
+        """A Bind went upstream: the portal runs that statement."""
+        self._portals[portal] = self._statements.get(statement, (None, ""))
+
+    def execute(self, portal: str) -> None:
+        """An Execute went upstream."""
+        statement, sql = self._portals.get(portal, (None, ""))
+        self._pending.append(_ExecuteEntry(statement, sql))
+
+    def close(self, kind: str, name: str) -> None:
+        """A Close went upstream (``kind`` ``S`` or ``P``)."""
+        (self._statements if kind == "S" else self._portals).pop(name, None)
+
+    def sync(self) -> None:
+        """A Sync went upstream."""
+        self._pending.append(_SyncEntry())
+        self._portals.clear()  # portals outside a transaction block end at Sync
+
+    def function_call(self) -> None:
+        """A FunctionCall went upstream (answered by ReadyForQuery, like a Query)."""
+        self._pending.append(_QueryEntry((), ""))
+
+    # -- server messages ---------------------------------------------------------------
+
+    def command_complete(self, tag: str) -> None:
+        """A statement finished: apply what it does."""
+        head = self._pending[0] if self._pending else None
+        if isinstance(head, _QueryEntry):
+            if head.done < len(head.statements):
+                self._apply(head.statements[head.done], tag, head.sql)
+            head.done += 1
+        elif isinstance(head, _ExecuteEntry):
+            self._pending.popleft()
+            if head.statement is not None:
+                self._apply(head.statement, tag, head.sql)
+
+    def empty_query(self) -> None:
+        """EmptyQueryResponse: an Execute of an empty statement ended."""
+        if self._pending and isinstance(self._pending[0], _ExecuteEntry):
+            self._pending.popleft()
+
+    def portal_suspended(self) -> None:
+        """PortalSuspended: the Execute ended with rows left (its effects have run)."""
+        head = self._pending[0] if self._pending else None
+        if isinstance(head, _ExecuteEntry):
+            self._pending.popleft()
+            if head.statement is not None:
+                self._apply(head.statement, "", head.sql)
+
+    def error(self) -> None:
+        """ErrorResponse: the rest of the Query, or of the batch, does not run."""
+        self._failed_request = True
+        head = self._pending[0] if self._pending else None
+        if isinstance(head, _QueryEntry):
+            head.failed = True
+        while self._pending and isinstance(self._pending[0], _ExecuteEntry):
+            self._pending.popleft()
+
+    def ready(self, status: str) -> bool:
+        """ReadyForQuery: end of a request. True when a change should be verified now."""
+        while self._pending:
+            entry = self._pending.popleft()
+            if isinstance(entry, _QueryEntry | _SyncEntry):
+                break
+        if status == "I":
+            if self._failed_request and self._transaction is not None:
+                self._rollback()
+            elif self._transaction is not None or self._current != self._base:
+                self._commit()
+            self._transaction = None
+            self._base = self._current
+        elif status == "T" and self._transaction is None:
+            self._transaction = _Transaction(self._current)
+        self._failed_request = False
+        self._publish(None, verified=False)
+        verify = self._dirty and status == "I" and not self._pending
+        if verify:
+            self._dirty = False
+        return verify
+
+    @property
+    def busy(self) -> bool:
+        """Requests are in flight (their effects are not known yet)."""
+        return bool(self._pending)
+
+    # -- the model ---------------------------------------------------------------------
+
+    def _apply(self, statement: StatementInfo, tag: str, sql: str) -> None:
+        transaction = statement.transaction
+        if transaction is not None:
+            self._transaction_control(transaction, statement.savepoint, tag)
+            return
+        if statement.prepared is not None:
+            if statement.node == "PrepareStmt":
+                self._prepared[statement.prepared] = statement
+            elif statement.node == "DeallocateStmt":
+                self._prepared.pop(statement.prepared, None)
+            elif statement.node == "ExecuteStmt":
+                prepared = self._prepared.get(statement.prepared)
+                if prepared is not None and prepared.actions:
+                    self._dirty = True  # what it runs is modelled as unknown: ask
+        elif statement.node == "DeallocateStmt":
+            self._prepared.clear()
+        for action in statement.actions:
+            if action.deferred:
+                continue
+            if action.kind == "discard_all":
+                self._set(0, self._default_role, local=False)
+                self._set(1, self.roles.login_role, local=False)
+                self._prepared.clear()
+            elif action.kind in ("set_role", "set_session_authorization"):
+                index = 0 if action.kind == "set_role" else 1
+                if action.reset:
+                    value = self._default_role if index == 0 else self.roles.login_role
+                else:
+                    value = action.target
+                if index == 1 and value is not None:
+                    self._set(0, None, local=action.local)
+                if value is None and not action.reset:
+                    self._dirty = True  # a value only the server knows
+                    continue
+                self._set(index, value, local=action.local)
+            else:
+                self._dirty = True  # CALL, DO, functions: ask the server afterwards
+        self._publish(sql, verified=False)
+
+    def _set(self, index: int, value: str | None, *, local: bool) -> None:
+        current = list(self._current)
+        current[index] = value
+        self._current = (current[0], current[1])
+        self._dirty = True
+        transaction = self._transaction
+        if transaction is None:
+            # An implicit transaction (one Query or batch): kept unless it fails.
+            transaction = self._transaction = _Transaction(self._base)
+        if not local:
+            kept = list(transaction.kept)
+            kept[index] = value
+            transaction.kept = (kept[0], kept[1])
+
+    def _transaction_control(self, kind: str, savepoint: str | None, tag: str) -> None:
+        if kind == "begin":
+            if self._transaction is None:
+                self._transaction = _Transaction(self._current)
+        elif kind in ("commit", "prepare"):
+            if tag.startswith("ROLLBACK"):  # COMMIT of a failed transaction
+                self._rollback()
+            else:
+                self._commit()
+        elif kind == "rollback":
+            self._rollback()
+        elif kind == "savepoint" and savepoint is not None:
+            transaction = self._transaction
+            if transaction is not None:
+                transaction.savepoints.append((savepoint, self._current, transaction.kept))
+        elif kind in ("release", "rollback_to") and savepoint is not None:
+            transaction = self._transaction
+            if transaction is None:
+                return
+            for index in range(len(transaction.savepoints) - 1, -1, -1):
+                name, current, kept = transaction.savepoints[index]
+                if name == savepoint:
+                    if kind == "release":
+                        del transaction.savepoints[index:]
+                    else:
+                        del transaction.savepoints[index + 1:]
+                        if (self._current, transaction.kept) != (current, kept):
+                            self._dirty = True
+                        self._current, transaction.kept = current, kept
+                    break
+
+    def _commit(self) -> None:
+        transaction = self._transaction
+        if transaction is not None:
+            if self._current != transaction.kept:
+                self._dirty = True  # SET LOCAL values end here
+            self._current = transaction.kept
+        self._base = self._current
+        self._transaction = None
+
+    def _rollback(self) -> None:
+        if self._current != self._base:
+            self._dirty = True
+        self._current = self._base
+        self._transaction = None
+
+    def _publish(self, sql: str | None, *, verified: bool) -> None:
+        roles = self.roles
+        role, session = self._current
+        current = role if role is not None else session
+        if (roles.current_user, roles.session_user) == (current, session) and roles.tracked:
+            return
+        before = (roles.current_user, roles.session_user)
+        roles.current_user, roles.session_user = current, session
+        was_tracked, roles.tracked = roles.tracked, True
+        if was_tracked:
+            roles.publish(RoleChange(before_current=before[0], after_current=current,
+                                     before_session=before[1], after_session=session,
+                                     statement=sql, verified=verified))
