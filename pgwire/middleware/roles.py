@@ -27,7 +27,7 @@ from __future__ import annotations
 import fnmatch
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 from ..protocol import (
@@ -75,6 +75,8 @@ class GuardState:
     #: A statement that may change lexing was sent and not yet answered.
     lexing_unsettled: bool = False
     refused: int = 0
+    #: Prepared statements whose role target is a parameter, checked at each Bind.
+    parametrized: dict[str, tuple[str, Analysis]] = field(default_factory=dict)
 
 
 class RoleGuard(Middleware[GuardState]):
@@ -176,19 +178,23 @@ class RoleGuard(Middleware[GuardState]):
             return verdict
         if isinstance(message, Parse):
             verdict = self._check_sql(ctx, message.query)
+            analysis = None if verdict is not None else analyze(message.query)
+            state.parametrized.pop(message.statement, None)
+            if analysis is not None and any(a.parameter is not None for a in analysis.actions):
+                state.parametrized[message.statement] = (message.query, analysis)
             if tracker is not None:
-                tracker.parse(message.statement,
-                              None if verdict is not None else analyze(message.query),
-                              message.query)
+                tracker.parse(message.statement, analysis, message.query)
             return verdict
+        if isinstance(message, Bind):
+            return self._check_bind(ctx, message)
         if tracker is None:
             return None
-        if isinstance(message, Bind):
-            tracker.bind(message.portal, message.statement)
-        elif isinstance(message, Execute):
+        if isinstance(message, Execute):
             tracker.execute(message.portal)
         elif isinstance(message, Close):
             tracker.close(message.kind, message.name)
+            if message.kind == "S":
+                state.parametrized.pop(message.name, None)
         elif message.type_code == b"S":
             tracker.sync()
         elif isinstance(message, FunctionCall):
@@ -262,6 +268,26 @@ class RoleGuard(Middleware[GuardState]):
             ctx.roles.publish(decision)
         return None
 
+    def _check_bind(self, ctx: Context[GuardState], message: Bind) -> Reject | None:
+        """A Bind of a statement whose role target is a parameter: check the value."""
+        state = ctx.state
+        tracker = state.tracker
+        found = state.parametrized.get(message.statement)
+        if found is None:
+            if tracker is not None:
+                tracker.bind(message.portal, message.statement)
+            return None
+        sql, analysis = found
+        resolved = _bind_values(analysis, message.parameters)
+        if resolved is None:
+            return self._refuse(ctx, sql, RoleAction("set_role", detail="Bind"),
+                                "a role parameter is not valid UTF-8 text")
+        verdict = self._check_actions(ctx, sql, resolved)
+        if tracker is not None:
+            tracker.parse("\0bind", None if verdict is not None else resolved, sql)
+            tracker.bind(message.portal, "\0bind")
+        return verdict
+
     def _reason_to_refuse(self, ctx: Context[GuardState], action: RoleAction) -> str | None:
         kind = action.kind
         if kind in ("set_role", "set_session_authorization"):
@@ -298,6 +324,8 @@ class RoleGuard(Middleware[GuardState]):
         if action.reset:
             return None  # back to the session's default: nothing gained
         target = action.target
+        if target is None and action.parameter is not None and not action.deferred:
+            return None  # a Parse: the value comes with each Bind, checked there
         if target is None:
             return f"the {what} value is not a literal, so it cannot be checked"
         roles = ctx.roles
@@ -374,3 +402,26 @@ class RoleGuard(Middleware[GuardState]):
             graph.refresh_if_stale()
         except Exception:  # kept in graph.last_error; decisions refuse until it loads
             return
+
+
+def _bind_values(analysis: Analysis, parameters: tuple[bytes | None, ...]) -> Analysis | None:
+    """The analysis with each ``$n`` role target replaced by the Bind's value
+    (None when a value is not text)."""
+    statements = []
+    for statement in analysis.statements:
+        actions = []
+        for action in statement.actions:
+            number = action.parameter
+            if number is not None and not action.deferred:
+                raw = parameters[number - 1] if number <= len(parameters) else None
+                try:
+                    value = None if raw is None else bytes(raw).decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
+                reset = value is None or (action.kind == "set_role" and value == "none")
+                actions.append(replace(action, target=None if reset else value, reset=reset,
+                                       parameter=None))
+            else:
+                actions.append(action)
+        statements.append(replace(statement, actions=tuple(actions)))
+    return Analysis(statements=tuple(statements))

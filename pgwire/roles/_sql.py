@@ -102,6 +102,8 @@ class RoleAction:
     #: runs later or elsewhere rather than in this session now.
     deferred: bool = False
     detail: str = ""
+    #: The value is the statement's parameter ``$n`` (known at Bind, not Parse).
+    parameter: int | None = None
 
     @property
     def changes_role_now(self) -> bool:
@@ -349,8 +351,11 @@ def _set_config(call: dict[str, Any], *, deferred: bool) -> tuple[RoleAction | N
                           detail="set_config"), False
     value = _literal_text(value_node) if value_node is not None else None
     if value is None:
-        return RoleAction(kind, local=bool(local), deferred=deferred,
-                          detail="set_config with a value that is not a literal"), False
+        parameter = _parameter_number(value_node)
+        detail = ("set_config with its value in a parameter" if parameter is not None
+                  else "set_config with a value that is not a literal")
+        return RoleAction(kind, local=bool(local), deferred=deferred, detail=detail,
+                          parameter=parameter), False
     if kind == "set_role" and value == "none":
         return RoleAction(kind, reset=True, local=bool(local), deferred=deferred,
                           detail="set_config"), False
@@ -382,6 +387,17 @@ def _literal_text(node: object) -> str | None:
     if "fval" in constant:
         return str(constant["fval"].get("fval", ""))
     return None
+
+
+def _parameter_number(node: object) -> int | None:
+    """``n`` for a bare ``$n`` (no cast, no expression); None for anything else."""
+    if not isinstance(node, dict):
+        return None
+    reference = node.get("ParamRef")
+    if reference is None:
+        return None
+    number = reference.get("number")
+    return number if isinstance(number, int) and number > 0 else None
 
 
 def _literal_bool(node: object) -> bool | None:
