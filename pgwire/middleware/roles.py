@@ -25,6 +25,7 @@ rest of the chain; see ``docs/roles.md``.
 from __future__ import annotations
 
 import fnmatch
+import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -88,7 +89,9 @@ class RoleGuard(Middleware[GuardState]):
     - ``graph``: where the role graph comes from: a
       :class:`~pgwire.roles.RoleGraphSource` (loaded in the background and
       refreshed), a fixed :class:`~pgwire.roles.RoleGraph`, or a mapping of
-      RoleGraphSource arguments (TOML). Needed by ``drop_only`` and by
+      RoleGraphSource arguments (TOML: ``address = "host:port"`` or a Unix
+      socket path, ``user``, ``password_env`` naming an environment variable,
+      ``database``, ``sslmode``, ``refresh_seconds``). Needed by ``drop_only`` and by
       ``@group`` keys; until it has loaded, decisions that need it refuse.
     - ``unparseable``: ``refuse`` (default) or ``allow`` SQL the parser rejects.
     - ``do_blocks``: ``refuse`` (default) or ``allow`` DO blocks, whose code
@@ -133,7 +136,7 @@ class RoleGuard(Middleware[GuardState]):
         if isinstance(graph, RoleGraph):
             graph = RoleGraphSource.static(graph)
         elif isinstance(graph, Mapping):
-            graph = RoleGraphSource(**graph)  # type: ignore[arg-type]
+            graph = _graph_source(graph)
         self.graph: RoleGraphSource | None = graph
         needs_graph = policy == "drop_only" or any(k.startswith("@") for k in self.allow)
         if needs_graph and graph is None:
@@ -425,3 +428,38 @@ def _bind_values(analysis: Analysis, parameters: tuple[bytes | None, ...]) -> An
                 actions.append(action)
         statements.append(replace(statement, actions=tuple(actions)))
     return Analysis(statements=tuple(statements))
+
+
+def _graph_source(settings: Mapping[str, object]) -> RoleGraphSource:
+    """A RoleGraphSource from configuration-file settings."""
+    known = {"address", "user", "password", "password_env", "database", "sslmode",
+             "refresh_seconds"}
+    unknown = set(settings) - known
+    if unknown:
+        raise ValueError(f"graph: unknown settings {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(sorted(known))})")
+    address = settings.get("address")
+    if isinstance(address, str) and not address.startswith("/"):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"graph.address must be host:port or a socket path, "
+                             f"not {address!r}")
+        address = (host.strip("[]"), int(port))
+    elif isinstance(address, list | tuple) and len(address) == 2:
+        address = (str(address[0]), int(str(address[1])))
+    elif not isinstance(address, str):
+        raise ValueError("graph.address is required (host:port or a socket path)")
+    user = settings.get("user")
+    if not isinstance(user, str) or not user:
+        raise ValueError("graph.user is required")
+    password = settings.get("password")
+    variable = settings.get("password_env")
+    if isinstance(variable, str):
+        password = os.environ.get(variable)
+        if password is None:
+            raise ValueError(f"graph.password_env: ${variable} is not set")
+    refresh = settings.get("refresh_seconds", 60.0)
+    return RoleGraphSource(address, user, password=None if password is None else str(password),
+                           database=str(settings.get("database", "postgres")),
+                           sslmode=str(settings.get("sslmode", "disable")),  # type: ignore[arg-type]
+                           refresh_seconds=float(str(refresh)))
