@@ -45,7 +45,7 @@ from ..protocol import (
 )
 from ..roles._graph import RoleGraph, RoleGraphSource
 from ..roles._sql import Analysis, RoleAction, analyze
-from ..roles._state import RoleDecision
+from ..roles._state import RoleDecision, SessionRoles
 from ..roles._tracker import RoleTracker
 from .base import AuthResult, Context, Middleware, QueryResult, Reject, SessionInfo, Verdict
 
@@ -76,6 +76,8 @@ class GuardState:
     #: A statement that may change lexing was sent and not yet answered.
     lexing_unsettled: bool = False
     refused: int = 0
+    #: The session's starting identity (default role) is known.
+    identity_known: bool = False
     #: Prepared statements whose role target is a parameter, checked at each Bind.
     parametrized: dict[str, tuple[str, Analysis]] = field(default_factory=dict)
 
@@ -161,11 +163,27 @@ class RoleGuard(Middleware[GuardState]):
     def on_authenticated(self, ctx: Context[GuardState], result: AuthResult) -> Reject | None:
         if not result.ok:
             return None
+        state = ctx.state
         roles = ctx.roles
-        if roles.claim_tracking(self):
-            tracker = ctx.state.tracker = RoleTracker(roles)
-            ctx.query(_LOGIN_SQL, lambda answer: self._logged_in(tracker, answer))
+        state.tracker = RoleTracker(roles) if roles.claim_tracking(self) else None
         graph = self.graph
+        # The session's starting identity: a startup `role` is applied last by
+        # PostgreSQL, else a default from pg_db_role_setting. The server's own
+        # answer to the login query confirms it; until one of them is known,
+        # changes to named roles are refused.
+        startup = ctx.startup
+        role_key = startup.get("role") if startup is not None else None
+        hidden = startup is not None and (
+            "role" in (startup.get("options") or "").lower()
+            or startup.get("session_authorization") is not None)
+        loaded = graph.current() if graph is not None else None
+        if role_key is not None and not hidden:
+            roles.default_role = None if role_key == "none" else role_key
+            state.identity_known = True
+        elif loaded is not None and loaded.settings_complete and not hidden:
+            roles.default_role = loaded.default_role(roles.login_role or "", roles.database)
+            state.identity_known = True
+        ctx.query(_LOGIN_SQL, lambda answer: self._logged_in(state, roles, answer))
         if graph is not None and graph.stale():
             ctx.submit(graph.refresh_if_stale)
         return None
@@ -327,12 +345,24 @@ class RoleGuard(Middleware[GuardState]):
         if action.reset:
             return None  # back to the session's default: nothing gained
         target = action.target
+        roles = ctx.roles
+        if action.none:
+            # SET ROLE NONE: the session user, which is the pool role in
+            # RoleRewrite's set_role mode: a change like any other.
+            target = roles.session_user or roles.login_role
         if target is None and action.parameter is not None and not action.deferred:
             return None  # a Parse: the value comes with each Bind, checked there
         if target is None:
             return f"the {what} value is not a literal, so it cannot be checked"
-        roles = ctx.roles
-        if target == roles.login_role:
+        if not ctx.state.identity_known:
+            return ("the session's starting role is not known yet (the server has not "
+                    "answered the login query), so the change cannot be checked")
+        # Who the session started as: its default role, else the login role.
+        # Becoming it again gains nothing; anything else is a change. (Not the
+        # login role when a default role is set: in RoleRewrite's set_role mode
+        # that is the pool role, which must stay out of reach.)
+        base = roles.default_role or roles.login_role or ""
+        if target == base and (action.kind == "set_role" or base == roles.login_role):
             return None
         if self.policy == "deny":
             return f"changing the {what} is not allowed through this proxy"
@@ -340,8 +370,7 @@ class RoleGuard(Middleware[GuardState]):
         if self.policy == "drop_only":
             if graph is None:
                 return "the role graph is not loaded yet, so the change cannot be checked"
-            login = roles.login_role or ""
-            allowed, reason = graph.drop_only(login, target, database=roles.database)
+            allowed, reason = graph.drop_only(base, target, database=roles.database)
             return None if allowed else reason
         for pattern in self._allowed_targets(ctx, graph):
             if fnmatch.fnmatchcase(target, pattern):
@@ -387,10 +416,14 @@ class RoleGuard(Middleware[GuardState]):
     # -- callbacks ---------------------------------------------------------------------
 
     @staticmethod
-    def _logged_in(tracker: RoleTracker, answer: QueryResult) -> None:
-        if answer.ok and answer.rows:
-            current, session, setting = answer.rows[0]
-            tracker.login(current or "", session or "", setting or "")
+    def _logged_in(state: GuardState, roles: SessionRoles, answer: QueryResult) -> None:
+        if not (answer.ok and answer.rows):
+            return  # identity stays unknown: changes to named roles are refused
+        current, session, setting = (value or "" for value in answer.rows[0][:3])
+        roles.default_role = None if setting in ("none", "") else current
+        state.identity_known = True
+        if state.tracker is not None:
+            state.tracker.login(current, session, setting)
 
     @staticmethod
     def _verified(tracker: RoleTracker, answer: QueryResult) -> None:
@@ -421,9 +454,9 @@ def _bind_values(analysis: Analysis, parameters: tuple[bytes | None, ...]) -> An
                     value = None if raw is None else bytes(raw).decode("utf-8")
                 except UnicodeDecodeError:
                     return None
-                reset = value is None or (action.kind == "set_role" and value == "none")
-                actions.append(replace(action, target=None if reset else value, reset=reset,
-                                       parameter=None))
+                none = action.kind == "set_role" and value == "none"
+                actions.append(replace(action, target=None if none else value,
+                                       reset=value is None, none=none, parameter=None))
             else:
                 actions.append(action)
         statements.append(replace(statement, actions=tuple(actions)))

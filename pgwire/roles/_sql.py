@@ -80,8 +80,9 @@ class RoleAction:
     ``kind`` is one of:
 
     - ``set_role`` / ``set_session_authorization``: ``target`` is the role
-      asked for; ``None`` with ``reset=True`` for RESET, DEFAULT and ``NONE``;
-      ``None`` with ``reset=False`` when the value is not a literal;
+      asked for; ``None`` with ``reset=True`` for RESET and DEFAULT (back to
+      the default role), with ``none=True`` for ``SET ROLE NONE`` (to the
+      session user), and with neither when the value is not a literal;
     - ``discard_all``: back to the default role and the login's session user;
     - ``alter_role_default``: ``ALTER ROLE/DATABASE/SYSTEM ... SET/RESET`` of a
       role setting (it changes what future sessions start as);
@@ -104,6 +105,9 @@ class RoleAction:
     detail: str = ""
     #: The value is the statement's parameter ``$n`` (known at Bind, not Parse).
     parameter: int | None = None
+    #: ``SET ROLE NONE``: the current user becomes the session user (not the
+    #: default role, which is where RESET ROLE goes).
+    none: bool = False
 
     @property
     def changes_role_now(self) -> bool:
@@ -256,7 +260,7 @@ def _variable_set(body: dict[str, Any], *, deferred: bool) -> tuple[RoleAction |
         return RoleAction(action_kind, local=local, deferred=deferred,
                           detail="the value is not a single literal"), False
     if action_kind == "set_role" and value == "none":
-        return RoleAction(action_kind, reset=True, local=local, deferred=deferred), False
+        return RoleAction(action_kind, none=True, local=local, deferred=deferred), False
     return RoleAction(action_kind, value, local=local, deferred=deferred), False
 
 
@@ -357,7 +361,7 @@ def _set_config(call: dict[str, Any], *, deferred: bool) -> tuple[RoleAction | N
         return RoleAction(kind, local=bool(local), deferred=deferred, detail=detail,
                           parameter=parameter), False
     if kind == "set_role" and value == "none":
-        return RoleAction(kind, reset=True, local=bool(local), deferred=deferred,
+        return RoleAction(kind, none=True, local=bool(local), deferred=deferred,
                           detail="set_config"), False
     return RoleAction(kind, value, local=bool(local), deferred=deferred,
                       detail="set_config"), False

@@ -231,21 +231,31 @@ class RoleTracker:
             if action.deferred:
                 continue
             if action.kind == "discard_all":
-                self._set(0, self._default_role, local=False)
+                # SET SESSION AUTHORIZATION DEFAULT, then the role's default.
                 self._set(1, self.roles.login_role, local=False)
+                self._set(0, self._default_role, local=False)
                 self._prepared.clear()
-            elif action.kind in ("set_role", "set_session_authorization"):
-                index = 0 if action.kind == "set_role" else 1
-                if action.reset:
-                    value = self._default_role if index == 0 else self.roles.login_role
-                else:
-                    value = action.target
-                if index == 1 and value is not None:
+            elif action.kind == "set_role":
+                if action.none:
                     self._set(0, None, local=action.local)
-                if value is None and not action.reset:
+                elif action.reset:
+                    self._set(0, self._default_role, local=action.local)
+                elif action.target is None:
                     self._dirty = True  # a value only the server knows
-                    continue
-                self._set(index, value, local=action.local)
+                else:
+                    self._set(0, action.target, local=action.local)
+            elif action.kind == "set_session_authorization":
+                # Setting it (even to the same user) sets the role to NONE;
+                # resetting it changes nothing unless it had been changed.
+                if action.reset:
+                    if self._current[1] != self.roles.login_role:
+                        self._set(1, self.roles.login_role, local=action.local)
+                        self._set(0, None, local=action.local)
+                elif action.target is None:
+                    self._dirty = True
+                else:
+                    self._set(1, action.target, local=action.local)
+                    self._set(0, None, local=action.local)
             else:
                 self._dirty = True  # CALL, DO, functions: ask the server afterwards
         self._publish(sql, verified=False)
