@@ -302,7 +302,7 @@ class RoleGuard(Middleware[GuardState]):
         resolved = _bind_values(analysis, message.parameters)
         if resolved is None:
             return self._refuse(ctx, sql, RoleAction("set_role", detail="Bind"),
-                                "a role parameter is not valid UTF-8 text")
+                                "a role parameter is missing or not valid UTF-8 text")
         verdict = self._check_actions(ctx, sql, resolved)
         if tracker is not None:
             tracker.parse("\0bind", None if verdict is not None else resolved, sql)
@@ -449,7 +449,9 @@ def _bind_values(analysis: Analysis, parameters: tuple[bytes | None, ...]) -> An
         for action in statement.actions:
             number = action.parameter
             if number is not None and not action.deferred:
-                raw = parameters[number - 1] if number <= len(parameters) else None
+                if number > len(parameters):
+                    return None  # the server refuses the Bind too (08P01)
+                raw = parameters[number - 1]
                 try:
                     value = None if raw is None else bytes(raw).decode("utf-8")
                 except UnicodeDecodeError:

@@ -172,9 +172,17 @@ def analyze(sql: str) -> Analysis:
 def _analyze(sql: str) -> Analysis:
     parser = _parser()
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
+        text = parser.parse_sql_json(sql)
     except parser.ParseError as exc:
         return Analysis(error=str(exc))
+    except UnicodeError as exc:  # lone surrogates: no server would get this text
+        return Analysis(error=f"the text is not valid Unicode: {exc}")
+    try:
+        tree = json.loads(text)
+    except RecursionError:
+        # A deep expression (1 + 1 + ... a thousand times) that PostgreSQL
+        # parses fine; the C decoder recurses, this one does not.
+        tree = _loads_deep(text)
     statements = tuple(_statement(raw.get("stmt", {})) for raw in tree.get("stmts", ()))
     return Analysis(statements=statements)
 
@@ -427,3 +435,45 @@ def _is_pg_settings(relation: object) -> bool:
     if not isinstance(relation, dict):
         return False
     return str(relation.get("relname", "")) == "pg_settings"
+
+
+def _loads_deep(text: str) -> Any:
+    """``json.loads`` without recursion, for trees nested thousands deep."""
+    decoder = json.JSONDecoder()
+    scan_string = json.decoder.scanstring
+    containers: list[Any] = []
+    keys: list[str | None] = []
+    position = 0
+    length = len(text)
+    result: Any = None
+    while position < length:
+        char = text[position]
+        if char in " \t\n\r,:":
+            position += 1
+            continue
+        if char in "{[":
+            containers.append({} if char == "{" else [])
+            keys.append(None)
+            position += 1
+            continue
+        if char in "}]":
+            value = containers.pop()
+            keys.pop()
+            position += 1
+        elif char == '"' and containers and isinstance(containers[-1], dict) and (
+            keys[-1] is None
+        ):
+            keys[-1], position = scan_string(text, position + 1)
+            continue
+        else:
+            value, position = decoder.raw_decode(text, position)
+        if not containers:
+            result = value
+            continue
+        parent = containers[-1]
+        if isinstance(parent, dict):
+            parent[keys[-1]] = value
+            keys[-1] = None
+        else:
+            parent.append(value)
+    return result
