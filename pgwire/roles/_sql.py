@@ -440,7 +440,7 @@ def _is_pg_settings(relation: object) -> bool:
 def _loads_deep(text: str) -> Any:
     """``json.loads`` without recursion, for trees nested thousands deep."""
     decoder = json.JSONDecoder()
-    scan_string = json.decoder.scanstring
+    scan_string = json.decoder.scanstring  # type: ignore[attr-defined]
     containers: list[Any] = []
     keys: list[str | None] = []
     position = 0
