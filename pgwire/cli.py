@@ -7,6 +7,8 @@
   scripted session through it (:mod:`pgwire.demo_proxy`).
 - ``pgwire demo --fake-server``: the in-memory server and a scripted
   conversation showing every message (:mod:`pgwire.demo_fake`).
+- ``pgwire audit verify FILE``: check the hash chain of an audit file
+  (:func:`pgwire.audit.verify_chain`). See ``docs/audit.md``.
 """
 
 from __future__ import annotations
@@ -73,7 +75,66 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="--fake-server: port to listen on (0: a free one)")
     demo.add_argument("--keep-running", action="store_true",
                       help="--fake-server: after the demo, serve until Ctrl-C")
+
+    audit = commands.add_parser("audit", help="work with audit files",
+                                description="Tools for the audit middleware's files "
+                                            "(docs/audit.md).")
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="COMMAND",
+                                          required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="check the hash chain of a JSON Lines audit file",
+        description=_AUDIT_VERIFY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verify.add_argument("file", metavar="FILE", help="the audit file (JSON Lines)")
+    verify.add_argument("--key-env", metavar="VAR",
+                        help="environment variable holding the HMAC key the file was "
+                             "written with")
+    verify.add_argument("--anchor", metavar="SEQ:HASH",
+                        help="a seq and hash recorded elsewhere (the sink logs them when it "
+                             "closes) that the file must still contain: detects records cut "
+                             "off the end")
     return parser
+
+
+_AUDIT_VERIFY_HELP = """\
+Check every line of an audit file written by the JSON Lines sink: exit 0 and
+print the record count and the last hash when the chain is intact; exit 1 and
+print the first bad line and why otherwise (an edited, deleted, inserted or
+moved record, or a damaged line); exit 2 when the file cannot be read. Lines
+cut off the end are detected only with --anchor."""
+
+
+def _run_audit_verify(args: argparse.Namespace) -> int:
+    from .audit import verify_chain  # noqa: PLC0415 - only this command needs it
+
+    key: str | None = None
+    if args.key_env is not None:
+        key = os.environ.get(args.key_env)
+        if key is None:
+            sys.stderr.write(f"pgwire audit verify: the environment variable {args.key_env} "
+                             "is not set\n")
+            return 2
+    anchor: tuple[int, str] | None = None
+    if args.anchor is not None:
+        seq, _, digest = args.anchor.partition(":")
+        if not seq.isdigit() or not digest:
+            sys.stderr.write("pgwire audit verify: --anchor takes SEQ:HASH, such as "
+                             "1234:9f86d0...\n")
+            return 2
+        anchor = (int(seq), digest)
+    try:
+        result = verify_chain(args.file, key, anchor=anchor)
+    except OSError as exc:
+        sys.stderr.write(f"pgwire audit verify: cannot read {args.file}: {exc.strerror}\n")
+        return 2
+    if result.ok:
+        print(f"{args.file}: OK, {result.records} records, last seq {result.last_seq or 0}, "
+              f"last hash {result.last_hash or '-'}")
+        return 0
+    print(f"{args.file}: line {result.bad_line}: {result.reason}")
+    print(f"{args.file}: the {result.records} records before it are intact"
+          + (f" (last seq {result.last_seq}, hash {result.last_hash})" if result.records
+             else ""))
+    return 1
 
 
 def proxy_overrides(args: argparse.Namespace) -> tuple[Override, ...]:
@@ -136,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     if args.command == "proxy":
         return _run_proxy(args)
+    if args.command == "audit":
+        return _run_audit_verify(args)
     try:
         return _run_demo(args, parser)
     except KeyboardInterrupt:

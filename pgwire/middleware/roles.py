@@ -29,27 +29,23 @@ import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from ..protocol import (
     Bind,
     Close,
-    CommandComplete,
-    ErrorResponse,
-    Execute,
     FunctionCall,
     Message,
     Parse,
     Query,
-    ReadyForQuery,
 )
 from ..roles._graph import RoleGraph, RoleGraphSource
 from ..roles._sql import Analysis, RoleAction, analyze
-from ..roles._state import RoleDecision, SessionRoles
-from ..roles._tracker import RoleTracker
+from ..roles._state import RoleDecision
+from ..roles._tracker import LOGIN_SQL, VERIFY_SQL, RoleTracker
 from .base import AuthResult, Context, Middleware, QueryResult, Reject, SessionInfo, Verdict
 
-__all__ = ["RoleGuard"]
+__all__ = ["RoleGuard", "start_tracking", "track_server"]
 
 Policy = Literal["deny", "allowlist", "drop_only"]
 Switch = Literal["refuse", "allow"]
@@ -63,8 +59,6 @@ SET_CONFIG_OID: Final = 2078
 #: or ``'``: text in them lexes safely only if it is pure ASCII.
 _UNSAFE_ENCODINGS: Final = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC",
                                       "GB18030", "JOHAB"})
-_VERIFY_SQL: Final = "SELECT current_user, session_user"
-_LOGIN_SQL: Final = "SELECT current_user, session_user, pg_catalog.current_setting('role')"
 _POLICIES: Final = ("deny", "allowlist", "drop_only")
 
 
@@ -78,6 +72,8 @@ class GuardState:
     refused: int = 0
     #: The session's starting identity (default role) is known.
     identity_known: bool = False
+    #: Requests sent and not yet answered (Query, Sync, FunctionCall).
+    requests: int = 0
     #: Prepared statements whose role target is a parameter, checked at each Bind.
     parametrized: dict[str, tuple[str, Analysis]] = field(default_factory=dict)
 
@@ -165,17 +161,15 @@ class RoleGuard(Middleware[GuardState]):
             return None
         state = ctx.state
         roles = ctx.roles
-        state.tracker = RoleTracker(roles) if roles.claim_tracking(self) else None
-        graph = self.graph
         # The session's starting identity: a startup `role` is applied last by
         # PostgreSQL, else a default from pg_db_role_setting. The server's own
-        # answer to the login query confirms it; until one of them is known,
-        # changes to named roles are refused.
+        # answer to the login query (start_tracking) confirms it.
         startup = ctx.startup
         role_key = startup.get("role") if startup is not None else None
         hidden = startup is not None and (
             "role" in (startup.get("options") or "").lower()
             or startup.get("session_authorization") is not None)
+        graph = self.graph
         loaded = graph.current() if graph is not None else None
         if role_key is not None and not hidden:
             roles.default_role = None if role_key == "none" else role_key
@@ -183,7 +177,7 @@ class RoleGuard(Middleware[GuardState]):
         elif loaded is not None and loaded.settings_complete and not hidden:
             roles.default_role = loaded.default_role(roles.login_role or "", roles.database)
             state.identity_known = True
-        ctx.query(_LOGIN_SQL, lambda answer: self._logged_in(state, roles, answer))
+        state.tracker = start_tracking(ctx, self)
         if graph is not None and graph.stale():
             ctx.submit(graph.refresh_if_stale)
         return None
@@ -191,65 +185,46 @@ class RoleGuard(Middleware[GuardState]):
     def on_client_message(self, ctx: Context[GuardState], message: Message) -> Verdict:
         state = ctx.state
         tracker = state.tracker
-        if isinstance(message, Query):
-            verdict = self._check_sql(ctx, message.query)
-            if tracker is not None:
-                tracker.query(None if verdict is not None else analyze(message.query),
-                              message.query)
-            return verdict
-        if isinstance(message, Parse):
+        code = message.type_code
+        if isinstance(message, Query | Parse):
+            state.requests += code == b"Q"
             verdict = self._check_sql(ctx, message.query)
             analysis = None if verdict is not None else analyze(message.query)
-            state.parametrized.pop(message.statement, None)
-            if analysis is not None and any(a.parameter is not None for a in analysis.actions):
-                state.parametrized[message.statement] = (message.query, analysis)
+            if isinstance(message, Parse):
+                state.parametrized.pop(message.statement, None)
+                if analysis is not None and any(
+                    a.parameter is not None for a in analysis.actions
+                ):
+                    state.parametrized[message.statement] = (message.query, analysis)
             if tracker is not None:
-                tracker.parse(message.statement, analysis, message.query)
+                tracker.observe_client(message, analysis, rejected=verdict is not None)
             return verdict
         if isinstance(message, Bind):
             return self._check_bind(ctx, message)
-        if tracker is None:
-            return None
-        if isinstance(message, Execute):
-            tracker.execute(message.portal)
-        elif isinstance(message, Close):
-            tracker.close(message.kind, message.name)
-            if message.kind == "S":
-                state.parametrized.pop(message.name, None)
-        elif message.type_code == b"S":
-            tracker.sync()
+        verdict = None
+        if code == b"S":
+            state.requests += 1
         elif isinstance(message, FunctionCall):
+            state.requests += 1
             if message.function_oid == SET_CONFIG_OID:
-                tracker.function_call()
-                return self._refuse(ctx, "set_config called by OID", RoleAction(
+                verdict = self._refuse(ctx, "set_config called by OID", RoleAction(
                     "dynamic_set_config", detail="FunctionCall"),
                     "a FunctionCall to set_config cannot be checked")
-            tracker.function_call()
-        return None
+        elif isinstance(message, Close) and message.kind == "S":
+            state.parametrized.pop(message.name, None)
+        if tracker is not None:
+            tracker.observe_client(message)
+        return verdict
 
     def on_server_message(self, ctx: Context[GuardState], message: Message) -> Verdict:
         state = ctx.state
-        tracker = state.tracker
-        if tracker is None:
-            return None
-        code = message.type_code
-        if code == b"C":
-            assert isinstance(message, CommandComplete)
-            tracker.command_complete(message.tag)
-        elif code == b"E":
-            if not (isinstance(message, ErrorResponse)
-                    and message.severity in ("FATAL", "PANIC")):
-                tracker.error()
-        elif code == b"Z":
-            assert isinstance(message, ReadyForQuery)
-            if tracker.ready(str(message.status.value)) and self.verify:
-                ctx.query(_VERIFY_SQL, lambda answer: self._verified(tracker, answer))
-            if not tracker.busy:
+        if message.type_code == b"Z" and state.requests:
+            state.requests -= 1
+            if not state.requests:
                 state.lexing_unsettled = False
-        elif code == b"I":
-            tracker.empty_query()
-        elif code == b"s":
-            tracker.portal_suspended()
+        tracker = state.tracker
+        if tracker is not None:
+            track_server(ctx, tracker, message, verify=self.verify)
         return None
 
     def close(self) -> None:
@@ -296,7 +271,7 @@ class RoleGuard(Middleware[GuardState]):
         found = state.parametrized.get(message.statement)
         if found is None:
             if tracker is not None:
-                tracker.bind(message.portal, message.statement)
+                tracker.observe_client(message)
             return None
         sql, analysis = found
         resolved = _bind_values(analysis, message.parameters)
@@ -354,20 +329,22 @@ class RoleGuard(Middleware[GuardState]):
             return None  # a Parse: the value comes with each Bind, checked there
         if target is None:
             return f"the {what} value is not a literal, so it cannot be checked"
-        if not ctx.state.identity_known:
-            return ("the session's starting role is not known yet (the server has not "
-                    "answered the login query), so the change cannot be checked")
+        known = ctx.state.identity_known or roles.starting_role_known
         # Who the session started as: its default role, else the login role.
         # Becoming it again gains nothing; anything else is a change. (Not the
         # login role when a default role is set: in RoleRewrite's set_role mode
         # that is the pool role, which must stay out of reach.)
         base = roles.default_role or roles.login_role or ""
-        if target == base and (action.kind == "set_role" or base == roles.login_role):
+        if known and target == base and (action.kind == "set_role"
+                                         or base == roles.login_role):
             return None
         if self.policy == "deny":
             return f"changing the {what} is not allowed through this proxy"
         graph = self.graph.current() if self.graph is not None else None
         if self.policy == "drop_only":
+            if not known:
+                return ("the session's starting role is not known yet (the server has "
+                        "not answered the login query), so the change cannot be checked")
             if graph is None:
                 return "the role graph is not loaded yet, so the change cannot be checked"
             allowed, reason = graph.drop_only(base, target, database=roles.database)
@@ -414,22 +391,6 @@ class RoleGuard(Middleware[GuardState]):
         return parameters.get("client_encoding", "UTF8").upper() in _UNSAFE_ENCODINGS
 
     # -- callbacks ---------------------------------------------------------------------
-
-    @staticmethod
-    def _logged_in(state: GuardState, roles: SessionRoles, answer: QueryResult) -> None:
-        if not (answer.ok and answer.rows):
-            return  # identity stays unknown: changes to named roles are refused
-        current, session, setting = (value or "" for value in answer.rows[0][:3])
-        roles.default_role = None if setting in ("none", "") else current
-        state.identity_known = True
-        if state.tracker is not None:
-            state.tracker.login(current, session, setting)
-
-    @staticmethod
-    def _verified(tracker: RoleTracker, answer: QueryResult) -> None:
-        if answer.ok and answer.rows:
-            current, session = answer.rows[0][:2]
-            tracker.verified(current or "", session or "")
 
     def _load_quietly(self) -> None:
         graph = self.graph
@@ -498,3 +459,43 @@ def _graph_source(settings: Mapping[str, object]) -> RoleGraphSource:
                            database=str(settings.get("database", "postgres")),
                            sslmode=str(settings.get("sslmode", "disable")),  # type: ignore[arg-type]
                            refresh_seconds=float(str(refresh)))
+
+
+# -- tracking, for any middleware that reads the same messages ------------------------------
+
+
+def start_tracking(ctx: Context[Any], owner: object) -> RoleTracker | None:
+    """Keep ``ctx.roles`` current for this session, unless another middleware does.
+
+    Call it from ``on_authenticated``; feed the tracker it returns every
+    message of :data:`~pgwire.roles._tracker.CLIENT_MESSAGES` with
+    ``tracker.observe_client`` and pass every message of ``SERVER_MESSAGES``
+    to :func:`track_server`. It asks the server who the session is right
+    away, so ``ctx.roles.default_role`` is exact from the first answer on.
+    Returns None when another middleware of the chain tracks already.
+    """
+    roles = ctx.roles
+    if not roles.claim_tracking(owner):
+        return None
+    tracker = RoleTracker(roles)
+
+    def logged_in(answer: QueryResult) -> None:
+        if answer.ok and answer.rows:
+            current, session, setting = (value or "" for value in answer.rows[0][:3])
+            tracker.login(current, session, setting)
+
+    ctx.query(LOGIN_SQL, logged_in)
+    return tracker
+
+
+def track_server(ctx: Context[Any], tracker: RoleTracker, message: Message, *,
+                 verify: bool = True) -> None:
+    """Feed a server message to the tracker; ask the server after a change."""
+    if tracker.observe_server(message) and verify:
+
+        def verified(answer: QueryResult) -> None:
+            if answer.ok and answer.rows:
+                current, session = answer.rows[0][:2]
+                tracker.verified(current or "", session or "")
+
+        ctx.query(VERIFY_SQL, verified)

@@ -242,7 +242,7 @@ class Session:
         # send once it reaches a mark; _hidden marks whose whole answer is eaten.
         self._z_seen = 0
         self._z_arriving = 0
-        self._deferred: deque[tuple[int, tuple[Message, ...]]] = deque()
+        self._deferred: deque[tuple[int, tuple[Message, ...], int]] = deque()
         self._hidden: deque[tuple[int, _Collector | None]] = deque()
         self._query_backlog: list[_Collector] = []
         self._rejects: dict[str, Reject] = {}
@@ -949,8 +949,8 @@ class Session:
             self._z_seen += 1
             deferred = self._deferred
             while deferred and deferred[0][0] <= self._z_seen:
-                for message in deferred.popleft()[1]:
-                    self._send_client(message)
+                _, messages, outer = deferred.popleft()
+                self._send_response(messages, outer)
         upstream = self.upstream
         assert upstream is not None
         relay = self._relay
@@ -1040,7 +1040,7 @@ class Session:
                 self._inject(verdict)
                 continue
             if isinstance(verdict, Respond):
-                self._respond(message, verdict, middleware)
+                self._respond(message, verdict, middleware, index - 1)
                 return
             if isinstance(verdict, Reject):
                 self._reject(message, verdict, middleware)
@@ -1048,7 +1048,8 @@ class Session:
             raise TypeError(f"{middleware!r}.on_client_message returned {verdict!r}")
         self._to_upstream(message)
 
-    def _from_server(self, message: Message, start: int) -> None:
+    def _from_server(self, message: Message, start: int,
+                     deliver: Callable[[Message], None] | None = None) -> None:
         chain = self._chain
         code = message.type_code
         for index in range(start, -1, -1):
@@ -1060,7 +1061,7 @@ class Session:
                 continue
             if isinstance(verdict, Replace):
                 for replacement in verdict.messages:
-                    self._from_server(replacement, index - 1)
+                    self._from_server(replacement, index - 1, deliver)
                 return
             if isinstance(verdict, Inject):
                 self._inject(verdict)
@@ -1071,7 +1072,10 @@ class Session:
                                             f"{verdict.message}")
                 return
             raise TypeError(f"{middleware!r}.on_server_message returned {verdict!r}")
-        self._to_client(message)
+        if deliver is None:
+            self._to_client(message)
+        else:
+            deliver(message)
 
     def _to_upstream(self, message: Message | RawMessage) -> None:
         upstream = self.upstream
@@ -1142,7 +1146,8 @@ class Session:
         for collector in backlog:
             self._send_hidden(Query(query=collector.sql), collector)
 
-    def _respond(self, message: Message, verdict: Respond, middleware: Middleware[Any]) -> None:
+    def _respond(self, message: Message, verdict: Respond, middleware: Middleware[Any],
+                 outer: int) -> None:
         if not isinstance(message, Query | FunctionCall):
             raise TypeError(f"{middleware!r} answered a {type(message).__name__} with "
                             "Respond: only a Query or FunctionCall can be answered so")
@@ -1153,11 +1158,17 @@ class Session:
         # Requests the proxy injected are in pending_syncs already.
         owed = upstream.frontend.pending_syncs
         if owed == 0 and not self._deferred:
-            for answer in verdict.messages:
-                self._send_client(answer)
+            self._send_response(verdict.messages, outer)
             self._after_ready_for_query(count=False)
         else:
-            self._deferred.append((self._z_seen + owed, verdict.messages))
+            self._deferred.append((self._z_seen + owed, verdict.messages, outer))
+
+    def _send_response(self, messages: tuple[Message, ...], outer: int) -> None:
+        """A Respond's answer goes through the server hooks of the middleware
+        listed before the responder (as the server's answer would), then to
+        the client."""
+        for message in messages:
+            self._from_server(message, outer, self._send_client)
 
     def _reject(self, message: Message, verdict: Reject, middleware: Middleware[Any]) -> None:
         self._proxy.stats.rejected += 1

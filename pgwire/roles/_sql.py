@@ -228,12 +228,13 @@ def _statement(node: dict[str, Any]) -> StatementInfo:
         actions.append(RoleAction("call", detail=_function_name(body.get("funccall", {}))))
     elif kind in _FUNCTION_DEFINERS:
         actions.append(_function_definition(kind, body))
-    elif kind in _WRITES and _is_pg_settings(body.get("relation")):
+    if kind not in _FUNCTION_DEFINERS and _writes_pg_settings(node):
         actions.append(RoleAction("settings_table", detail=kind))
     # set_config anywhere in the tree (function definitions report theirs above).
     if kind not in _FUNCTION_DEFINERS:
+        later = kind not in _RUNS_NOW or not _executes(kind, body)
         for call in _set_config_calls(body):
-            action, lexing = _set_config(call, deferred=kind not in _RUNS_NOW)
+            action, lexing = _set_config(call, deferred=later)
             changes_lexing = changes_lexing or lexing
             if action is not None:
                 actions.append(action)
@@ -435,6 +436,51 @@ def _is_pg_settings(relation: object) -> bool:
     if not isinstance(relation, dict):
         return False
     return str(relation.get("relname", "")) == "pg_settings"
+
+
+def _writes_pg_settings(tree: object) -> bool:
+    """A write to pg_settings anywhere: the statement itself, a data-modifying
+    CTE, a rule action..."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for write in _WRITES:
+                body = node.get(write)
+                if isinstance(body, dict) and _is_pg_settings(body.get("relation")):
+                    return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+def _executes(kind: str, body: dict[str, Any]) -> bool:
+    """Whether the statement runs its query now: EXPLAIN only with ANALYZE,
+    CREATE TABLE/MATERIALIZED VIEW AS only without WITH NO DATA."""
+    if kind == "ExplainStmt":
+        for option in body.get("options", ()):
+            element = option.get("DefElem", {})
+            if str(element.get("defname", "")).lower() == "analyze":
+                return _option_true(element.get("arg"))
+        return False
+    if kind == "CreateTableAsStmt":
+        return not body.get("into", {}).get("skipData", False)
+    return True
+
+
+def _option_true(arg: object) -> bool:
+    """A boolean option as PostgreSQL's defGetBoolean reads it (no value is true)."""
+    if arg is None:
+        return True
+    if isinstance(arg, dict):
+        if "Integer" in arg:
+            return bool(arg["Integer"].get("ival", 0))
+        if "Boolean" in arg:
+            return bool(arg["Boolean"].get("boolval", False))
+        text = str(arg.get("String", {}).get("sval", "")).lower()
+        return text in ("true", "on", "1", "yes", "y", "t", "tr", "tru", "ye")
+    return True
 
 
 def _loads_deep(text: str) -> Any:

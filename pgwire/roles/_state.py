@@ -77,6 +77,8 @@ class SessionRoles:
     default_role: str | None = None
     #: True while a tracker keeps ``current_user``/``session_user`` up to date.
     tracked: bool = False
+    #: True once ``default_role`` is known (the server answered at login).
+    starting_role_known: bool = False
     #: The object that feeds the tracker (the first middleware to claim it).
     tracker_owner: object | None = None
     _listeners: list[Callable[[RoleEvent], None]] = field(default_factory=list, repr=False)

@@ -27,10 +27,30 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from ._sql import Analysis, StatementInfo
+from ..protocol import (
+    Bind,
+    Close,
+    CommandComplete,
+    ErrorResponse,
+    Execute,
+    FunctionCall,
+    Message,
+    Parse,
+    Query,
+    ReadyForQuery,
+)
+from ._sql import Analysis, StatementInfo, analyze
 from ._state import RoleChange, SessionRoles
 
-__all__ = ["RoleTracker"]
+__all__ = ["CLIENT_MESSAGES", "LOGIN_SQL", "SERVER_MESSAGES", "VERIFY_SQL", "RoleTracker"]
+
+#: The message types a tracker must be shown, by direction.
+CLIENT_MESSAGES = frozenset({b"Q", b"P", b"B", b"E", b"C", b"S", b"F"})
+SERVER_MESSAGES = frozenset({b"C", b"E", b"Z", b"I", b"s"})
+#: Asked right after login: who the session is, and its default role.
+LOGIN_SQL = "SELECT current_user, session_user, pg_catalog.current_setting('role')"
+#: Asked once the session is idle after a change.
+VERIFY_SQL = "SELECT current_user, session_user"
 
 # The two settings the model follows: (role, session_authorization);
 # role None means NONE (current_user is the session user).
@@ -85,12 +105,66 @@ class RoleTracker:
         self._failed_request = False
         self._publish(None, verified=False)
 
+    # -- whole messages ------------------------------------------------------------------
+
+    def observe_client(self, message: Message, analysis: Analysis | None = None,
+                       *, rejected: bool = False) -> None:
+        """A client message of :data:`CLIENT_MESSAGES` on its way upstream.
+
+        For a Query or Parse, ``analysis`` is the text's analysis when the
+        caller has it (it is computed here otherwise); ``rejected`` says the
+        message was refused, so nothing of it will run.
+        """
+        if isinstance(message, Query):
+            if rejected:
+                self.query(None, message.query)
+            else:
+                self.query(analysis or _analyze(message.query), message.query)
+        elif isinstance(message, Parse):
+            self.parse(message.statement,
+                       None if rejected else analysis or _analyze(message.query),
+                       message.query)
+        elif isinstance(message, Bind):
+            self.bind(message.portal, message.statement)
+        elif isinstance(message, Execute):
+            self.execute(message.portal)
+        elif isinstance(message, Close):
+            self.close(message.kind, message.name)
+        elif isinstance(message, FunctionCall):
+            self.function_call()
+        elif message.type_code == b"S":
+            self.sync()
+
+    def observe_server(self, message: Message) -> bool:
+        """A server message of :data:`SERVER_MESSAGES` on its way to the client.
+
+        True when the session is now idle after a change: the caller should
+        run :data:`VERIFY_SQL` and hand the answer to :meth:`verified`.
+        """
+        code = message.type_code
+        if code == b"C":
+            assert isinstance(message, CommandComplete)
+            self.command_complete(message.tag)
+        elif code == b"E":
+            if not (isinstance(message, ErrorResponse)
+                    and message.severity in ("FATAL", "PANIC")):
+                self.error()
+        elif code == b"Z":
+            assert isinstance(message, ReadyForQuery)
+            return self.ready(str(message.status.value))
+        elif code == b"I":
+            self.empty_query()
+        elif code == b"s":
+            self.portal_suspended()
+        return False
+
     # -- facts from the server ---------------------------------------------------------
 
     def login(self, current_user: str, session_user: str, role_setting: str) -> None:
-        """What the server said right after login: the default role and users."""
+        """What the server said right after login (:data:`LOGIN_SQL`)."""
         self._default_role = None if role_setting in ("none", "") else current_user
         self.roles.default_role = self._default_role
+        self.roles.starting_role_known = True
         self._base = (self._default_role, session_user)
         self._current = self._base
         self._transaction = None
@@ -333,3 +407,11 @@ class RoleTracker:
             roles.publish(RoleChange(before_current=before[0], after_current=current,
                                      before_session=before[1], after_session=session,
                                      statement=sql, verified=verified))
+
+
+def _analyze(sql: str) -> Analysis | None:
+    """The analysis, or None (effects unknown) when pglast is not installed."""
+    try:
+        return analyze(sql)
+    except ModuleNotFoundError:
+        return None
