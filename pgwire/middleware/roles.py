@@ -40,7 +40,7 @@ from ..protocol import (
     Query,
 )
 from ..roles._graph import RoleGraph, RoleGraphSource
-from ..roles._sql import Analysis, RoleAction, analyze
+from ..roles._sql import Analysis, RoleAction, analyze, lexing_hazard
 from ..roles._state import RoleDecision
 from ..roles._tracker import LOGIN_SQL, VERIFY_SQL, RoleTracker
 from .base import AuthResult, Context, Middleware, QueryResult, Reject, SessionInfo, Verdict
@@ -67,8 +67,9 @@ class GuardState:
     """What the guard keeps per session."""
 
     tracker: RoleTracker | None = None
-    #: A statement that may change lexing was sent and not yet answered.
-    lexing_unsettled: bool = False
+    #: Executes sent since the last Sync (they may change lexing for the rest
+    #: of the batch).
+    batch_executes: int = 0
     refused: int = 0
     #: The session's starting identity (default role) is known.
     identity_known: bool = False
@@ -100,8 +101,11 @@ class RoleGuard(Middleware[GuardState]):
       a role), ``refuse`` every definition, or ``allow`` them all.
     - ``alter_defaults``: ``refuse`` (default) or ``allow`` ALTER ROLE/DATABASE/
       SYSTEM ... SET/RESET of role settings (they change future sessions).
-    - ``verify``: after a role change, ask the server (``SELECT current_user,
-      session_user``, once the session is idle) so ``ctx.roles`` is exact.
+    - ``verify``: after a role change the statements show, ask the server
+      (``SELECT current_user, session_user``, once the session is idle) so
+      ``ctx.roles`` is exact; ``"always"`` asks after every request, which
+      also catches a function that changes the role where no statement shows
+      it (one more query per idle moment); ``False`` never asks.
     """
 
     client_messages = frozenset({b"Q", b"P", b"B", b"E", b"C", b"S", b"F"})
@@ -113,7 +117,8 @@ class RoleGuard(Middleware[GuardState]):
                  unparseable: Switch = "refuse", do_blocks: Switch = "refuse",
                  call: Literal["allow", "refuse"] = "allow",
                  functions: FunctionPolicy = "inspect",
-                 alter_defaults: Switch = "refuse", verify: bool = True) -> None:
+                 alter_defaults: Switch = "refuse",
+                 verify: bool | Literal["always"] = True) -> None:
         if policy not in _POLICIES:
             raise ValueError(f"policy must be one of {', '.join(_POLICIES)}, not {policy!r}")
         for name, value, choices in (("unparseable", unparseable, ("refuse", "allow")),
@@ -145,6 +150,8 @@ class RoleGuard(Middleware[GuardState]):
         self.call = call
         self.functions = functions
         self.alter_defaults = alter_defaults
+        if verify not in (True, False, "always"):
+            raise ValueError(f"verify must be true, false or 'always', not {verify!r}")
         self.verify = verify
         if graph is not None and graph.current() is None:
             # Load now, off the caller's thread: the first sessions need it.
@@ -177,7 +184,7 @@ class RoleGuard(Middleware[GuardState]):
         elif loaded is not None and loaded.settings_complete and not hidden:
             roles.default_role = loaded.default_role(roles.login_role or "", roles.database)
             state.identity_known = True
-        state.tracker = start_tracking(ctx, self)
+        state.tracker = start_tracking(ctx, self, always_verify=self.verify == "always")
         if graph is not None and graph.stale():
             ctx.submit(graph.refresh_if_stale)
         return None
@@ -187,8 +194,8 @@ class RoleGuard(Middleware[GuardState]):
         tracker = state.tracker
         code = message.type_code
         if isinstance(message, Query | Parse):
-            state.requests += code == b"Q"
             verdict = self._check_sql(ctx, message.query)
+            state.requests += code == b"Q"  # after the check: in flight from now on
             analysis = None if verdict is not None else analyze(message.query)
             if isinstance(message, Parse):
                 state.parametrized.pop(message.statement, None)
@@ -204,6 +211,9 @@ class RoleGuard(Middleware[GuardState]):
         verdict = None
         if code == b"S":
             state.requests += 1
+            state.batch_executes = 0
+        elif code == b"E":
+            state.batch_executes += 1
         elif isinstance(message, FunctionCall):
             state.requests += 1
             if message.function_oid == SET_CONFIG_OID:
@@ -220,11 +230,9 @@ class RoleGuard(Middleware[GuardState]):
         state = ctx.state
         if message.type_code == b"Z" and state.requests:
             state.requests -= 1
-            if not state.requests:
-                state.lexing_unsettled = False
         tracker = state.tracker
         if tracker is not None:
-            track_server(ctx, tracker, message, verify=self.verify)
+            track_server(ctx, tracker, message, verify=bool(self.verify))
         return None
 
     def close(self) -> None:
@@ -234,12 +242,24 @@ class RoleGuard(Middleware[GuardState]):
 
     def _check_sql(self, ctx: Context[GuardState], sql: str) -> Reject | None:
         state = ctx.state
-        if self._lexing_uncertain(ctx) and (not sql.isascii() or "\\" in sql):
+        parameters = ctx.parameters
+        encoding = parameters.get("client_encoding", "UTF8").upper()
+        if encoding in _UNSAFE_ENCODINGS and not sql.isascii():
             return self._refuse(ctx, sql, RoleAction("unparseable"),
-                                "how the server lexes this text is uncertain (a change of "
-                                "standard_conforming_strings or client_encoding, or a "
-                                "client encoding whose characters can hide quotes); "
-                                "send ASCII text without backslashes")
+                                f"in the client encoding {encoding}, a character can hide a "
+                                "byte the server lexes as a quote or backslash; send ASCII "
+                                "text, or use UTF8")
+        # Until every earlier request is answered, standard_conforming_strings or
+        # client_encoding may have changed (a function can change them where no
+        # statement shows it): the text must lex the same either way.
+        uncertain = bool(state.requests or state.batch_executes) or (
+            parameters.get("standard_conforming_strings", "on") != "on")
+        if uncertain and lexing_hazard(sql):
+            return self._refuse(ctx, sql, RoleAction("unparseable"),
+                                "this text lexes differently when standard_conforming_strings "
+                                "is off (a backslash in an ordinary string constant, or after "
+                                "a non-ASCII character), and the setting may have changed: "
+                                "use E'' strings, or send it when no request is in flight")
         analysis = analyze(sql)
         if analysis.error is not None:
             if self.unparseable == "allow":
@@ -247,8 +267,10 @@ class RoleGuard(Middleware[GuardState]):
             return self._refuse(ctx, sql, RoleAction("unparseable"),
                                 f"the statement could not be parsed ({analysis.error}), so "
                                 "its effect on roles cannot be checked")
-        if analysis.changes_lexing:
-            state.lexing_unsettled = True
+        if uncertain and not sql.isascii() and analysis.touches_roles:
+            return self._refuse(ctx, sql, RoleAction("unparseable"),
+                                "a role change with non-ASCII text while client_encoding may "
+                                "have changed: the server could read another name")
         return self._check_actions(ctx, sql, analysis)
 
     def _check_actions(self, ctx: Context[GuardState], sql: str,
@@ -382,14 +404,6 @@ class RoleGuard(Middleware[GuardState]):
         return Reject("42501", message, detail=reason,
                       hint=f"pgwire role guard, policy {self.policy}")
 
-    def _lexing_uncertain(self, ctx: Context[GuardState]) -> bool:
-        if ctx.state.lexing_unsettled:
-            return True
-        parameters = ctx.parameters
-        if parameters.get("standard_conforming_strings", "on") != "on":
-            return True
-        return parameters.get("client_encoding", "UTF8").upper() in _UNSAFE_ENCODINGS
-
     # -- callbacks ---------------------------------------------------------------------
 
     def _load_quietly(self) -> None:
@@ -464,7 +478,8 @@ def _graph_source(settings: Mapping[str, object]) -> RoleGraphSource:
 # -- tracking, for any middleware that reads the same messages ------------------------------
 
 
-def start_tracking(ctx: Context[Any], owner: object) -> RoleTracker | None:
+def start_tracking(ctx: Context[Any], owner: object, *,
+                   always_verify: bool = False) -> RoleTracker | None:
     """Keep ``ctx.roles`` current for this session, unless another middleware does.
 
     Call it from ``on_authenticated``; feed the tracker it returns every
@@ -478,6 +493,7 @@ def start_tracking(ctx: Context[Any], owner: object) -> RoleTracker | None:
     if not roles.claim_tracking(owner):
         return None
     tracker = RoleTracker(roles)
+    tracker.always_verify = always_verify
 
     def logged_in(answer: QueryResult) -> None:
         if answer.ok and answer.rows:

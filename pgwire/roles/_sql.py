@@ -43,6 +43,7 @@ __all__ = [
     "RoleAction",
     "StatementInfo",
     "analyze",
+    "lexing_hazard",
 ]
 
 #: Settings whose change alters how the server lexes later SQL text.
@@ -128,8 +129,9 @@ class StatementInfo:
     savepoint: str | None = None
     #: True when it may change standard_conforming_strings or client_encoding.
     changes_lexing: bool = False
-    #: The prepared statement a PREPARE, EXECUTE or DEALLOCATE names
-    #: (None for DEALLOCATE ALL and every other statement).
+    #: The prepared statement a PREPARE, EXECUTE or DEALLOCATE names, or the
+    #: cursor a DECLARE, FETCH/MOVE or CLOSE names (None for DEALLOCATE ALL,
+    #: CLOSE ALL and every other statement).
     prepared: str | None = None
 
 
@@ -187,6 +189,39 @@ def _analyze(sql: str) -> Analysis:
     return Analysis(statements=statements)
 
 
+@lru_cache(maxsize=4096)
+def lexing_hazard(sql: str) -> bool:
+    """True when ``sql`` might lex differently on a server whose
+    ``standard_conforming_strings`` is off, or whose client encoding is one
+    (SJIS, BIG5, GBK...) that can read a backslash as part of a character.
+
+    Both lexers agree on everything before the first backslash inside an
+    ordinary string constant (``'...'``, ``N'...'``, ``U&'...'``): up to
+    there their rules are the same. So text is safe when no such backslash
+    exists (found with PostgreSQL's own scanner), and when no backslash
+    directly follows a non-ASCII character (the only byte such an encoding
+    could swallow that changes lexing is a backslash).
+    """
+    if "\\" not in sql:
+        return False
+    position = sql.find("\\")
+    while position != -1:
+        if position and not sql[position - 1].isascii():
+            return True
+        position = sql.find("\\", position + 1)
+    parser = _parser()
+    try:
+        tokens = parser.scan(sql)
+    except (parser.ParseError, UnicodeError):
+        return True  # cannot tell where strings are: assume the worst
+    for token in tokens:
+        if token.name in ("SCONST", "USCONST"):
+            text = sql[token.start:token.end + 1]
+            if (text.startswith("'") or token.name == "USCONST") and "\\" in text:
+                return True
+    return False
+
+
 def _parser() -> Any:
     try:
         import pglast.parser  # noqa: PLC0415 - optional: only the guard needs it
@@ -240,6 +275,8 @@ def _statement(node: dict[str, Any]) -> StatementInfo:
                 actions.append(action)
     prepared = body.get("name") if kind in ("PrepareStmt", "ExecuteStmt",
                                             "DeallocateStmt") else None
+    if kind in ("DeclareCursorStmt", "FetchStmt", "ClosePortalStmt"):
+        prepared = body.get("portalname")
     return StatementInfo(node=kind, actions=tuple(actions), transaction=transaction,
                          savepoint=savepoint, changes_lexing=changes_lexing,
                          prepared=None if prepared is None else str(prepared))

@@ -87,8 +87,9 @@ class _Transaction:
 class RoleTracker:
     """The role model of one session (see the module docstring)."""
 
-    __slots__ = ("_base", "_current", "_default_role", "_dirty", "_failed_request",
-                 "_pending", "_portals", "_prepared", "_statements", "_transaction", "roles")
+    __slots__ = ("_base", "_current", "_cursors", "_default_role", "_dirty", "_failed_request",
+                 "_pending", "_portals", "_prepared", "_statements", "_transaction",
+                 "always_verify", "roles")
 
     def __init__(self, roles: SessionRoles) -> None:
         self.roles = roles
@@ -101,7 +102,12 @@ class RoleTracker:
         self._statements: dict[str, tuple[StatementInfo | None, str]] = {}
         self._portals: dict[str, tuple[StatementInfo | None, str]] = {}
         self._prepared: dict[str, StatementInfo] = {}
+        #: Cursors declared over a query that may change a role.
+        self._cursors: set[str] = set()
         self._dirty = False
+        #: Ask for a verification after every request, not only after changes
+        #: the statements show (a function may change the role unseen).
+        self.always_verify = False
         self._failed_request = False
         self._publish(None, verified=False)
 
@@ -214,7 +220,6 @@ class RoleTracker:
     def sync(self) -> None:
         """A Sync went upstream."""
         self._pending.append(_SyncEntry())
-        self._portals.clear()  # portals outside a transaction block end at Sync
 
     def function_call(self) -> None:
         """A FunctionCall went upstream (answered by ReadyForQuery, like a Query)."""
@@ -263,6 +268,9 @@ class RoleTracker:
             if isinstance(entry, _QueryEntry | _SyncEntry):
                 break
         if status == "I":
+            # Portals end with their transaction (an implicit one at Sync).
+            self._portals.clear()
+            self._cursors.clear()
             if self._failed_request and self._transaction is not None:
                 self._rollback()
             elif self._transaction is not None or self._current != self._base:
@@ -273,7 +281,7 @@ class RoleTracker:
             self._transaction = _Transaction(self._current)
         self._failed_request = False
         self._publish(None, verified=False)
-        verify = self._dirty and status == "I" and not self._pending
+        verify = (self._dirty or self.always_verify) and status == "I" and not self._pending
         if verify:
             self._dirty = False
         return verify
@@ -301,14 +309,24 @@ class RoleTracker:
                     self._dirty = True  # what it runs is modelled as unknown: ask
         elif statement.node == "DeallocateStmt":
             self._prepared.clear()
+        if statement.node == "DeclareCursorStmt" and statement.actions:
+            self._cursors.add(statement.prepared or "")
+            self._dirty = True  # WITH HOLD runs it at commit
+        elif statement.node == "FetchStmt" and statement.prepared in self._cursors:
+            self._dirty = True  # the cursor's query runs as it is fetched
         for action in statement.actions:
             if action.deferred:
                 continue
             if action.kind == "discard_all":
-                # SET SESSION AUTHORIZATION DEFAULT, then the role's default.
+                # SET SESSION AUTHORIZATION DEFAULT, then the role's default;
+                # DISCARD ALL cannot run in a transaction block, and commits
+                # at once even inside an extended batch.
                 self._set(1, self.roles.login_role, local=False)
                 self._set(0, self._default_role, local=False)
                 self._prepared.clear()
+                self._cursors.clear()
+                self._transaction = None
+                self._base = self._current
             elif action.kind == "set_role":
                 if action.none:
                     self._set(0, None, local=action.local)
@@ -320,11 +338,10 @@ class RoleTracker:
                     self._set(0, action.target, local=action.local)
             elif action.kind == "set_session_authorization":
                 # Setting it (even to the same user) sets the role to NONE;
-                # resetting it changes nothing unless it had been changed.
+                # resetting it returns the role to its default (PostgreSQL 15).
                 if action.reset:
-                    if self._current[1] != self.roles.login_role:
-                        self._set(1, self.roles.login_role, local=action.local)
-                        self._set(0, None, local=action.local)
+                    self._set(1, self.roles.login_role, local=action.local)
+                    self._set(0, self._default_role, local=action.local)
                 elif action.target is None:
                     self._dirty = True
                 else:
