@@ -35,6 +35,7 @@ def test_readme_links_resolve() -> None:
     for target in ("docs/proxy.md", "examples/pgwire.toml", "docs/protocol.md",
                    "docs/messages.md", "docs/state-machine.md", "docs/errors.md",
                    "docs/security.md", "docs/testing.md", "docs/performance.md",
-                   "examples/simple_client.py"):
+                   "examples/simple_client.py", "docs/roles.md", "docs/audit.md",
+                   "examples/roles.toml"):
         assert target in text
         assert (ROOT / target).exists(), target
