@@ -22,7 +22,7 @@ from pgwire.roles import RoleGraph
 from tests.audit.helpers import ListSink
 from tests.proxy.test_session import Wire, feed_client_chunks, ready_streams
 
-FUZZ = settings(max_examples=100, deadline=None,
+FUZZ = settings(max_examples=50, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 GRAPH = RoleGraph.from_rows(
     roles=[("alice", "LOGIN"), ("readers", ""), ("admins", "SUPERUSER")],
