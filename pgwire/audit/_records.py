@@ -9,8 +9,9 @@ attribute assignment; turning it into JSON happens in the sink's thread.
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
@@ -68,6 +69,7 @@ class AuditRecord:
 
     - ``time``: UTC, ISO 8601 with microseconds;
     - ``session_id``: the proxy's number for the session (unique per proxy process);
+    - ``proxy_pid``: that proxy process (one per worker);
     - ``client_address``: ``host:port`` (``[v6]:port``) or a Unix socket path;
     - ``startup_user``: the ``user`` of the client's own StartupMessage;
     - ``upstream_role``: the role the proxy logged in as upstream;
@@ -84,6 +86,9 @@ class AuditRecord:
 
     time: str
     session_id: int
+    #: The proxy process (worker) the session ran in: with ``session_id`` it
+    #: names a session uniquely across the workers of one host.
+    proxy_pid: int = field(default_factory=os.getpid)
     client_address: str | None = None
     startup_user: str | None = None
     upstream_role: str | None = None

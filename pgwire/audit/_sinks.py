@@ -212,12 +212,13 @@ class LoggingSink:
 
 #: The columns :class:`PostgresSink` fills; the rest of a record goes to ``details``.
 POSTGRES_COLUMNS: Final = (
-    "time", "event", "session_id", "client_address", "startup_user", "upstream_role",
+    "time", "event", "session_id", "proxy_pid", "client_address", "startup_user", "upstream_role",
     "effective_role", "backend_pid", "database", "application_name", "request", "sql",
     "status", "duration", "rows", "sqlstate", "details", "batch",
 )
 _COLUMN_TYPES: Final = {
     "time": "timestamptz NOT NULL", "event": "text NOT NULL", "session_id": "bigint",
+    "proxy_pid": "integer",
     "client_address": "text", "startup_user": "text", "upstream_role": "text",
     "effective_role": "text", "backend_pid": "integer", "database": "text",
     "application_name": "text", "request": "bigint", "sql": "text", "status": "text",
