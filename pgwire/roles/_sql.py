@@ -185,7 +185,13 @@ def _analyze(sql: str) -> Analysis:
         # A deep expression (1 + 1 + ... a thousand times) that PostgreSQL
         # parses fine; the C decoder recurses, this one does not.
         tree = _loads_deep(text)
-    statements = tuple(_statement(raw.get("stmt", {})) for raw in tree.get("stmts", ()))
+    # The tree walks look for a call named set_config and a write to
+    # pg_settings; libpg_query's JSON spells both names out verbatim (it escapes
+    # only quotes, backslashes and control characters), so text without them
+    # needs no walk: most statements cost the parse and json.loads alone.
+    deep = "set_config" in text or "pg_settings" in text
+    statements = tuple(_statement(raw.get("stmt", {}), deep)
+                       for raw in tree.get("stmts", ()))
     return Analysis(statements=statements)
 
 
@@ -235,7 +241,7 @@ def _parser() -> Any:
 # -- one statement ------------------------------------------------------------------------
 
 
-def _statement(node: dict[str, Any]) -> StatementInfo:
+def _statement(node: dict[str, Any], deep: bool = True) -> StatementInfo:
     kind, body = next(iter(node.items())) if node else ("", {})
     actions: list[RoleAction] = []
     changes_lexing = False
@@ -263,12 +269,13 @@ def _statement(node: dict[str, Any]) -> StatementInfo:
         actions.append(RoleAction("call", detail=_function_name(body.get("funccall", {}))))
     elif kind in _FUNCTION_DEFINERS:
         actions.append(_function_definition(kind, body))
-    if kind not in _FUNCTION_DEFINERS and _writes_pg_settings(node):
-        actions.append(RoleAction("settings_table", detail=kind))
     # set_config anywhere in the tree (function definitions report theirs above).
-    if kind not in _FUNCTION_DEFINERS:
+    if deep and kind not in _FUNCTION_DEFINERS:
+        calls, writes_settings = _search(body, kind)
+        if writes_settings:
+            actions.append(RoleAction("settings_table", detail=kind))
         later = kind not in _RUNS_NOW or not _executes(kind, body)
-        for call in _set_config_calls(body):
+        for call in calls:
             action, lexing = _set_config(call, deferred=later)
             changes_lexing = changes_lexing or lexing
             if action is not None:
@@ -359,6 +366,30 @@ def _function_source(options: list[dict[str, Any]]) -> str | None:
 
 
 # -- set_config ----------------------------------------------------------------------------
+
+
+def _search(body: dict[str, Any], kind: str) -> tuple[list[dict[str, Any]], bool]:
+    """One walk: every set_config call, and whether pg_settings is written
+    (by the statement itself, a data-modifying CTE, a rule action...)."""
+    calls: list[dict[str, Any]] = []
+    writes = kind in _WRITES and _is_pg_settings(body.get("relation"))
+    stack: list[object] = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            call = node.get("FuncCall")
+            if call is not None and _function_name(call) == "set_config":
+                calls.append(call)
+            if not writes:
+                for write in _WRITES:
+                    inner = node.get(write)
+                    if isinstance(inner, dict) and _is_pg_settings(inner.get("relation")):
+                        writes = True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    calls.sort(key=lambda call: int(call.get("location", 0)))  # in the order they appear
+    return calls, writes
 
 
 def _set_config_calls(tree: object) -> Iterator[dict[str, Any]]:
@@ -473,23 +504,6 @@ def _is_pg_settings(relation: object) -> bool:
     if not isinstance(relation, dict):
         return False
     return str(relation.get("relname", "")) == "pg_settings"
-
-
-def _writes_pg_settings(tree: object) -> bool:
-    """A write to pg_settings anywhere: the statement itself, a data-modifying
-    CTE, a rule action..."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            for write in _WRITES:
-                body = node.get(write)
-                if isinstance(body, dict) and _is_pg_settings(body.get("relation")):
-                    return True
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
 
 
 def _executes(kind: str, body: dict[str, Any]) -> bool:
