@@ -958,9 +958,12 @@ class Session:
             self._deferred
         ):
             return
-        if self._rejects:
+        if self._rejects and not self._requests_open():
             # Nothing is in flight: a rejection whose error never came (the server
-            # skipped it after an earlier error) will not come now.
+            # skipped it after an earlier error) will not come now. (An open
+            # extended batch is in flight too: its Sync may not have come yet
+            # when the answer to an earlier request, or to the proxy's own
+            # query, ends.)
             self._rejects.clear()
         if self._draining and self._at_rest():
             self._fatal("57P01", "terminating connection due to administrator command")

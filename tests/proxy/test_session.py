@@ -29,6 +29,7 @@ from pgwire.middleware import (
     Inject,
     JobOutcome,
     Middleware,
+    QueryResult,
     Reject,
     Replace,
     Respond,
@@ -1423,3 +1424,61 @@ def test_any_bytes_before_login_long_run(data: st.DataObject, eof: bool) -> None
 @given(data=st.data(), eof=st.booleans(), mode=st.sampled_from(MODES))
 def test_any_bytes_after_login_long_run(data: st.DataObject, eof: bool, mode: str) -> None:
     check_after_login(data, eof, mode)
+
+
+# -- ctx.query: the proxy's own questions on the session's connection -------------------
+
+
+class AsksAtEveryReady(Middleware[list[QueryResult]]):
+    """Asks the server a question at each ReadyForQuery; refuses Parse of 'bad'."""
+
+    client_messages = frozenset({b"P"})
+    server_messages = frozenset({b"Z"})
+
+    def create_state(self, info: SessionInfo) -> list[QueryResult]:
+        return []
+
+    def on_client_message(self, ctx: Context[list[QueryResult]], message: pw.Message) -> Any:
+        assert isinstance(message, pw.Parse)
+        return Reject("42501", "refused") if message.query == "bad" else None
+
+    def on_server_message(self, ctx: Context[list[QueryResult]], message: pw.Message) -> Any:
+        ctx.query("SELECT 1", ctx.state.append)
+        return None
+
+
+def answer_hidden(wire: Wire) -> None:
+    """The server answers the proxy's own SELECT 1."""
+    wire.server_sends(pw.RowDescription(fields=(pw.FieldDescription(name="x"),)),
+                      pw.DataRow(values=(b"1",)), pw.CommandComplete(tag="SELECT 1"), ready())
+
+
+def test_a_query_asked_at_ready_for_query_is_answered_to_the_proxy_not_the_client() -> None:
+    middleware = AsksAtEveryReady()
+    wire = Wire(middleware).logged_in()
+    wire.query("SELECT 2", pw.CommandComplete(tag="SELECT 0"), ready())
+    [asked] = wire.server_events()
+    assert asked == pw.Query(query="SELECT 1")
+    answer_hidden(wire)
+    assert wire.client_events() == []  # the answer is the proxy's own
+    [state] = [c.state for c in wire.session._chain.contexts]
+    assert [r.rows for r in state] == [(("1",),)]
+
+
+def test_a_rejection_in_a_batch_outlives_the_end_of_the_proxy_s_own_query() -> None:
+    """The batch with the rejected Parse is still open (no Sync yet) when the
+    answer to the proxy's own query ends: the rejection's error must still be
+    swapped for the client's 42501 when it comes."""
+    wire = Wire(AsksAtEveryReady()).logged_in()
+    wire.query("SELECT 2", pw.CommandComplete(tag="SELECT 0"), ready())
+    wire.server_events()  # the proxy's SELECT 1
+    wire.client_sends(pw.Parse(query="bad"), pw.Bind(), pw.Execute())
+    [vehicle] = [e for e in wire.server_events() if isinstance(e, pw.Parse)]
+    answer_hidden(wire)  # ends while the client's batch is open
+    wire.client_sends(pw.Sync())
+    wire.server_events()
+    wire.server_sends(pw.ErrorResponse(severity="ERROR", code="42883",
+                                       message=f"function {vehicle.query[7:]} does not exist"),
+                      ready())
+    errors = [e for e in wire.client_events() if isinstance(e, pw.ErrorResponse)]
+    assert [(e.code, e.message) for e in errors] == [("42501", "refused")]

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +48,7 @@ from pgwire.roles._graph import RoleGraphSource
 from pgwire.roles._state import RoleChange, RoleDecision, RoleEvent
 from pgwire.testing.cluster import PostgresCluster
 from pgwire.testing.proxy import RunningProxy, running_proxy
+from tests.interop.proxy_wire import RawClient
 
 TIMEOUT = 10
 
@@ -862,32 +862,19 @@ def test_multi_statement_query_with_the_second_statement_refused(
     assert committed(pg_cluster, first, last) == ([first, last] if expected == OK else [])
 
 
-class Raw:
-    """pgwire's own Frontend on a socket: exact control over the extended protocol."""
+class Raw(RawClient):
+    """pgwire's own client on a socket: exact control over the extended protocol."""
 
     def __init__(self, proxy: RunningProxy, user: str) -> None:
-        self.frontend = pw.Frontend()
-        self.sock = socket.create_connection(proxy.address, timeout=TIMEOUT)
-        self.send(pw.StartupMessage.from_dict({"user": user, "database": "postgres"}))
-        events = self.until_ready()
+        super().__init__(proxy.address, user=user, database="postgres", sslmode="disable")
+        events = self.login()
         assert not [e for e in events if isinstance(e, pw.ErrorResponse)], events
 
     def close(self) -> None:
         self.sock.close()
 
-    def send(self, *messages: pw.Message) -> None:
-        self.sock.sendall(b"".join(self.frontend.send(m) for m in messages))
-
     def until_ready(self) -> list[object]:
-        events: list[object] = []
-        while True:
-            event = self.frontend.next_event()
-            if event is pw.NEED_DATA:
-                self.frontend.receive_data(self.sock.recv(65536))
-                continue
-            events.append(event)
-            if isinstance(event, pw.ReadyForQuery | pw.ConnectionClosed):
-                return events
+        return self.events_until(lambda e: isinstance(e, pw.ReadyForQuery))
 
     def query(self, sql: str) -> list[tuple[str | None, ...]]:
         self.send(pw.Query(query=sql))

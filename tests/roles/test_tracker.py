@@ -18,7 +18,6 @@ Roles (prefix ``tr5_``, unique to this module): ``tr5_a``, ``tr5_b``,
 from __future__ import annotations
 
 import itertools
-import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +33,7 @@ from pgwire.roles._state import RoleChange, RoleEvent, SessionRoles
 from pgwire.roles._tracker import RoleTracker
 from pgwire.testing.cluster import PostgresCluster
 from pgwire.testing.proxy import RunningProxy, running_proxy
+from tests.interop.proxy_wire import RawClient
 
 LOGIN = "app"
 SUPER = "boss"
@@ -602,16 +602,14 @@ def tracked_proxy(pg_cluster: PostgresCluster, tracker_roles: None) -> Iterator[
         yield Tracked(proxy, recorder)
 
 
-class Session:
-    """A raw session through the proxy (pgwire's Frontend): exact messages."""
+class Session(RawClient):
+    """A raw session through the proxy (pgwire's own client): exact messages."""
 
     def __init__(self, tracked: Tracked, user: str) -> None:
         name = f"tr5-{next(_counter)}"
-        self.frontend = pw.Frontend()
-        self.sock = socket.create_connection(tracked.proxy.address, timeout=10)
-        self.send(pw.StartupMessage.from_dict({"user": user, "database": "postgres",
-                                               "application_name": name}))
-        events = self.until_ready()
+        super().__init__(tracked.proxy.address, user=user, database="postgres",
+                         sslmode="disable", parameters={"application_name": name})
+        events = self.login()
         assert not [e for e in events if isinstance(e, pw.ErrorResponse)], events
         self.snapshots = tracked.recorder.sessions[name]
         self.status = "I"
@@ -619,21 +617,12 @@ class Session:
     def close(self) -> None:
         self.sock.close()
 
-    def send(self, *messages: pw.Message) -> None:
-        self.sock.sendall(b"".join(self.frontend.send(m) for m in messages))
-
     def until_ready(self) -> list[object]:
-        events: list[object] = []
-        while True:
-            event = self.frontend.next_event()
-            if event is pw.NEED_DATA:
-                self.frontend.receive_data(self.sock.recv(65536))
-                continue
-            events.append(event)
-            if isinstance(event, pw.ReadyForQuery):
-                self.status = str(event.status.value)
-                return events
-            assert not isinstance(event, pw.ConnectionClosed), events
+        events = self.events_until(lambda e: isinstance(e, pw.ReadyForQuery))
+        last = events[-1]
+        assert isinstance(last, pw.ReadyForQuery), events
+        self.status = str(last.status.value)
+        return events
 
     def run(self, statements: Sequence[str], protocol: str) -> list[object]:
         if protocol == "simple":
