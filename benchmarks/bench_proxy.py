@@ -465,28 +465,36 @@ def ratio(tps: float | None, against: float | None) -> str:
 
 
 def print_report(results: dict[str, dict[str, Result]], header: Sequence[str],
-                 bench: Bench) -> None:
+                 bench: Bench, *, baseline: str = LABEL_PGBOUNCER,
+                 baseline_title: str = "vs pgbouncer") -> None:
+    """One table per mode: TPS, and ratios against direct and ``baseline``."""
     for line in header:
         print(line)
+    width = max(26, *(len(label) for label in results))
+    column = max(12, len(baseline_title))
     for mode in MODES:
         direct = results[LABEL_DIRECT][mode].tps
-        bouncer = results[LABEL_PGBOUNCER][mode].tps
+        other = results[baseline][mode].tps
         print()
         print(f"-M {mode} ({bench.clients} clients, {bench.threads} threads, "
               f"{bench.seconds} s per run):")
-        print(f"  {'target':<26} {'TPS':>12}  {'vs direct':>10}  {'vs pgbouncer':>12}")
+        print(f"  {'target':<{width}} {'TPS':>12}  {'vs direct':>10}  {baseline_title:>{column}}")
         for label, by_mode in results.items():
             result = by_mode[mode]
             if result.tps is None:
-                print(f"  {label:<26} {result.cell()}")
+                print(f"  {label:<{width}} {result.cell()}")
             else:
-                print(f"  {label:<26} {result.cell()}  {ratio(result.tps, direct):>10}  "
-                      f"{ratio(result.tps, bouncer):>12}")
+                print(f"  {label:<{width}} {result.cell()}  {ratio(result.tps, direct):>10}  "
+                      f"{ratio(result.tps, other):>{column}}")
     print()
-    pgwire = results[LABEL_PGWIRE]
-    bouncer_results = results[LABEL_PGBOUNCER]
-    print("pgwire/pgbouncer: " + ", ".join(
-        f"{mode} {ratio(pgwire[mode].tps, bouncer_results[mode].tps)}" for mode in MODES))
+
+
+def print_summary(results: dict[str, dict[str, Result]], label: str, baseline: str,
+                  title: str) -> None:
+    """``title: simple 0.80x, prepared 0.79x``: ``label`` against ``baseline``."""
+    print(f"{title}: " + ", ".join(
+        f"{mode} {ratio(results[label][mode].tps, results[baseline][mode].tps)}"
+        for mode in MODES))
 
 
 # ---------------------------------------------------------------------------
@@ -615,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"pgwire proxy command: {shlex.join(pgwire_command)}",
     ]
     print_report(results, header, bench)
+    print_summary(results, LABEL_PGWIRE, LABEL_PGBOUNCER, "pgwire/pgbouncer")
     print(f"total time: {time.monotonic() - started:.0f} s")
     failed = any(result.failed for by_mode in results.values() for result in by_mode.values())
     return 1 if failed else 0

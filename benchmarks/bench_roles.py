@@ -73,7 +73,7 @@ from typing import Any, Final
 
 import bench_proxy
 from _harness import Options, Runner, measure, print_environment, profile
-from bench_proxy import LOOPBACK, MODES, Bench, Result, TargetSkipped
+from bench_proxy import LOOPBACK, Bench, Result, TargetSkipped
 
 import pgwire as pw
 from pgwire.middleware import Middleware
@@ -722,29 +722,9 @@ def count_lines(path: Path) -> int:
 
 def print_macro_report(results: dict[str, dict[str, Result]], header: Sequence[str],
                        bench: Bench, audit_records: int | None) -> None:
-    for line in header:
-        print(line)
-    for mode in MODES:
-        direct = results[LABEL_DIRECT][mode].tps
-        bare = results[LABEL_BARE][mode].tps
-        print()
-        print(f"-M {mode} ({bench.clients} clients, {bench.threads} threads, "
-              f"{bench.seconds} s per run):")
-        print(f"  {'target':<30} {'TPS':>12}  {'vs direct':>10}  {'vs no middleware':>16}")
-        for label, by_mode in results.items():
-            result = by_mode[mode]
-            if result.tps is None:
-                print(f"  {label:<30} {result.cell()}")
-            else:
-                print(f"  {label:<30} {result.cell()}  "
-                      f"{bench_proxy.ratio(result.tps, direct):>10}  "
-                      f"{bench_proxy.ratio(result.tps, bare):>16}")
-    print()
-    every = results[LABEL_ALL]
-    bare_results = results[LABEL_BARE]
-    print("all three/no middleware: " + ", ".join(
-        f"{mode} {bench_proxy.ratio(every[mode].tps, bare_results[mode].tps)}"
-        for mode in MODES))
+    bench_proxy.print_report(results, header, bench, baseline=LABEL_BARE,
+                             baseline_title="vs no middleware")
+    bench_proxy.print_summary(results, LABEL_ALL, LABEL_BARE, "all three/no middleware")
     if audit_records is not None:
         print(f"audit records written by the proxy: {audit_records:,}")
 
