@@ -501,8 +501,8 @@ def print_summary(results: dict[str, dict[str, Result]], label: str, baseline: s
 # Driver
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.partition("\n\n")[0] if __doc__ else "")
+def add_pgbench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pgbench options every benchmark that runs pgbench takes."""
     parser.add_argument("--seconds", type=int, default=10,
                         help="duration of each pgbench run (default 10)")
     parser.add_argument("--clients", type=int, default=8,
@@ -514,6 +514,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "each one's best TPS (default 1)")
     parser.add_argument("--scale", type=int, default=1,
                         help="pgbench -i scale factor: 100,000 accounts each (default 1)")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n\n")[0] if __doc__ else "")
+    add_pgbench_arguments(parser)
     parser.add_argument("--pgwire-command", metavar="COMMAND",
                         help="command for the pgwire target, before --listen/--upstream "
                              "(default: PYTHON -m pgwire proxy)")

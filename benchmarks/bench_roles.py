@@ -825,17 +825,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="after timing, profile the guard's session variants with cProfile")
     parser.add_argument("--micro-only", action="store_true",
                         help="skip pgbench (no PostgreSQL needed)")
-    parser.add_argument("--seconds", type=int, default=10,
-                        help="duration of each pgbench run (default 10)")
-    parser.add_argument("--clients", type=int, default=8,
-                        help="pgbench client connections (default 8)")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="pgbench worker threads, at most --clients (default 2)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every pgbench target this many times, taking turns, and "
-                             "report each one's best TPS (default 1)")
-    parser.add_argument("--scale", type=int, default=1,
-                        help="pgbench -i scale factor (default 1)")
+    bench_proxy.add_pgbench_arguments(parser)
     args = parser.parse_args(argv)
     if min(args.statements, args.logins, args.repeat, args.seconds, args.clients,
            args.threads, args.rounds, args.scale) < 1:
