@@ -395,11 +395,13 @@ class Audit(Middleware[AuditSession]):
     # -- answers -----------------------------------------------------------------------
 
     def on_server_message(self, ctx: Context[AuditSession], message: Message) -> Verdict:
-        self._server_message(ctx, message)
         tracker = ctx.state.tracker
         if tracker is not None:
-            # After the records: a statement's outcome shows the role it ran as.
+            # Before the records, as when a guard later in the chain tracks
+            # (it sees server messages first): a completion names the role in
+            # effect once its statement completed, in both protocols.
             track_server(ctx, tracker, message)
+        self._server_message(ctx, message)
         return None
 
     def _server_message(self, ctx: Context[AuditSession], message: Message) -> None:

@@ -185,6 +185,9 @@ class RoleGuard(Middleware[GuardState]):
             roles.default_role = loaded.default_role(roles.login_role or "", roles.database)
             state.identity_known = True
         state.tracker = start_tracking(ctx, self, always_verify=self.verify == "always")
+        shared = roles.tracker
+        if state.tracker is None and shared is not None and self.verify == "always":
+            shared.always_verify = True  # another middleware tracks: ask as often
         if graph is not None and graph.stale():
             ctx.submit(graph.refresh_if_stale)
         return None
@@ -301,9 +304,12 @@ class RoleGuard(Middleware[GuardState]):
             return self._refuse(ctx, sql, RoleAction("set_role", detail="Bind"),
                                 "a role parameter is missing or not valid UTF-8 text")
         verdict = self._check_actions(ctx, sql, resolved)
-        if tracker is not None:
-            tracker.parse("\0bind", None if verdict is not None else resolved, sql)
-            tracker.bind(message.portal, "\0bind")
+        # Whoever tracks (this guard, or an audit earlier in the chain, which
+        # has fed the Bind already) learns the value bound.
+        shared = tracker or ctx.roles.tracker
+        if shared is not None:
+            shared.parse("\0bind", None if verdict is not None else resolved, sql)
+            shared.bind(message.portal, "\0bind")
         return verdict
 
     def _reason_to_refuse(self, ctx: Context[GuardState], action: RoleAction) -> str | None:
@@ -492,7 +498,7 @@ def start_tracking(ctx: Context[Any], owner: object, *,
     roles = ctx.roles
     if not roles.claim_tracking(owner):
         return None
-    tracker = RoleTracker(roles)
+    tracker = roles.tracker = RoleTracker(roles)
     tracker.always_verify = always_verify
 
     def logged_in(answer: QueryResult) -> None:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from ._tracker import RoleTracker
 
 __all__ = ["ROLE_SETTINGS", "RoleChange", "RoleDecision", "RoleEvent", "SessionRoles"]
 
@@ -81,6 +84,10 @@ class SessionRoles:
     starting_role_known: bool = False
     #: The object that feeds the tracker (the first middleware to claim it).
     tracker_owner: object | None = None
+    #: The session's :class:`~pgwire.roles.RoleTracker`, once one runs: other
+    #: middleware may tell it what only they know (the guard, a role bound
+    #: as a parameter).
+    tracker: RoleTracker | None = field(default=None, repr=False)
     _listeners: list[Callable[[RoleEvent], None]] = field(default_factory=list, repr=False)
 
     def subscribe(self, listener: Callable[[RoleEvent], None]) -> None:
