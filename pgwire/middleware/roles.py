@@ -45,7 +45,7 @@ from ..roles._state import RoleDecision
 from ..roles._tracker import LOGIN_SQL, VERIFY_SQL, RoleTracker
 from .base import AuthResult, Context, Middleware, QueryResult, Reject, SessionInfo, Verdict
 
-__all__ = ["RoleGuard", "start_tracking", "track_server"]
+__all__ = ["PRIVILEGED_PREDEFINED_ROLES", "RoleGuard", "start_tracking", "track_server"]
 
 Policy = Literal["deny", "allowlist", "drop_only"]
 Switch = Literal["refuse", "allow"]
@@ -60,6 +60,12 @@ SET_CONFIG_OID: Final = 2078
 _UNSAFE_ENCODINGS: Final = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC",
                                       "GB18030", "JOHAB"})
 _POLICIES: Final = ("deny", "allowlist", "drop_only")
+#: Predefined roles as good as superuser for reading or changing the server's
+#: own files and running programs on it (PostgreSQL documentation, "Predefined
+#: Roles"): drop_only never switches to them, nor to roles that belong to them.
+PRIVILEGED_PREDEFINED_ROLES: Final = frozenset({
+    "pg_execute_server_program", "pg_read_server_files", "pg_write_server_files",
+})
 
 
 @dataclass(slots=True)
@@ -101,6 +107,10 @@ class RoleGuard(Middleware[GuardState]):
       a role), ``refuse`` every definition, or ``allow`` them all.
     - ``alter_defaults``: ``refuse`` (default) or ``allow`` ALTER ROLE/DATABASE/
       SYSTEM ... SET/RESET of role settings (they change future sessions).
+    - ``privileged_roles``: for ``drop_only``, roles that count as privileges
+      like the attributes: a target that is one, or belongs to one, is
+      refused. Default: the predefined roles that reach the server's files
+      and programs (:data:`PRIVILEGED_PREDEFINED_ROLES`).
     - ``verify``: after a role change the statements show, ask the server
       (``SELECT current_user, session_user``, once the session is idle) so
       ``ctx.roles`` is exact; ``"always"`` asks after every request, which
@@ -118,6 +128,7 @@ class RoleGuard(Middleware[GuardState]):
                  call: Literal["allow", "refuse"] = "allow",
                  functions: FunctionPolicy = "inspect",
                  alter_defaults: Switch = "refuse",
+                 privileged_roles: Iterable[str] = PRIVILEGED_PREDEFINED_ROLES,
                  verify: bool | Literal["always"] = True) -> None:
         if policy not in _POLICIES:
             raise ValueError(f"policy must be one of {', '.join(_POLICIES)}, not {policy!r}")
@@ -153,6 +164,9 @@ class RoleGuard(Middleware[GuardState]):
         if verify not in (True, False, "always"):
             raise ValueError(f"verify must be true, false or 'always', not {verify!r}")
         self.verify = verify
+        if isinstance(privileged_roles, str):
+            raise ValueError("privileged_roles must be a list of role names, not a string")
+        self.privileged_roles = frozenset(privileged_roles)
         if graph is not None and graph.current() is None:
             # Load now, off the caller's thread: the first sessions need it.
             threading.Thread(target=self._load_quietly, name="pgwire-role-graph",
@@ -376,7 +390,14 @@ class RoleGuard(Middleware[GuardState]):
             if graph is None:
                 return "the role graph is not loaded yet, so the change cannot be checked"
             allowed, reason = graph.drop_only(base, target, database=roles.database)
-            return None if allowed else reason
+            if not allowed:
+                return reason
+            powers = ({target} | graph.groups(target, database=roles.database)) & (
+                self.privileged_roles)
+            if powers:
+                return (f"role {target!r} is or belongs to {', '.join(sorted(powers))}, "
+                        "which drop_only treats as privileged (privileged_roles)")
+            return None
         for pattern in self._allowed_targets(ctx, graph):
             if fnmatch.fnmatchcase(target, pattern):
                 return None
