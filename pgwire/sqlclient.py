@@ -17,6 +17,7 @@ raises and leaves the connection closed.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from collections.abc import Sequence
@@ -121,10 +122,9 @@ class SQLConnection:
             return
         self.closed = True
         try:
-            self._link.send(Terminate())
-            self._sock.sendall(self._link.data_to_send())
-        except Exception:  # closing anyway
-            pass
+            with contextlib.suppress(Exception):  # closing anyway
+                self._link.send(Terminate())
+                self._sock.sendall(self._link.data_to_send())
         finally:
             self._sock.close()
 

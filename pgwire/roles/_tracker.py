@@ -73,7 +73,7 @@ class _ExecuteEntry:
 
 @dataclass(slots=True)
 class _SyncEntry:
-    pass
+    """A Sync sent upstream: the end of an extended batch."""
 
 
 @dataclass(slots=True)
