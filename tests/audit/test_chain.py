@@ -325,7 +325,7 @@ def test_records_may_not_use_the_chain_field_names() -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=3000, deadline=None,
+@settings(max_examples=1000, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=st.lists(audit_records(), min_size=2, max_size=12), data=st.data(),
        keyed=st.booleans(), tampering=st.sampled_from(["byte", "delete", "swap", "insert"]))

@@ -714,7 +714,7 @@ def test_model_matches_the_server(tracked_proxy: Tracked, user: str,
 
 
 @pytest.mark.slow
-@settings(max_examples=400, deadline=None,
+@settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(user=logins, program=steps)
 def test_model_matches_the_server_long(tracked_proxy: Tracked, user: str,
