@@ -163,15 +163,27 @@ class Analysis:
 _EMPTY: Final = Analysis()
 
 
+#: Texts longer than this are analysed every time, never kept: the cache
+#: holds its keys, and 8,192 distinct megabyte-long texts would be 8 GB.
+CACHED_TEXT_LIMIT: Final = 16 * 1024
+
+
 def analyze(sql: str) -> Analysis:
-    """Parse ``sql`` and report what each statement does to roles (cached)."""
+    """Parse ``sql`` and report what each statement does to roles (cached
+    for texts up to :data:`CACHED_TEXT_LIMIT` characters)."""
     if not sql:
         return _EMPTY
+    if len(sql) > CACHED_TEXT_LIMIT:
+        return _analyze_text(sql)
     return _analyze(sql)
 
 
 @lru_cache(maxsize=8192)
 def _analyze(sql: str) -> Analysis:
+    return _analyze_text(sql)
+
+
+def _analyze_text(sql: str) -> Analysis:
     parser = _parser()
     try:
         text = parser.parse_sql_json(sql)
@@ -195,8 +207,23 @@ def _analyze(sql: str) -> Analysis:
     return Analysis(statements=statements)
 
 
-@lru_cache(maxsize=4096)
 def lexing_hazard(sql: str) -> bool:
+    """True when ``sql`` might lex differently on a server whose
+    ``standard_conforming_strings`` is off, or whose client encoding can read
+    a backslash as part of a character (see :func:`_lexing_hazard`)."""
+    if "\\" not in sql:
+        return False
+    if len(sql) > CACHED_TEXT_LIMIT:
+        return _lexing_hazard(sql)
+    return _cached_lexing_hazard(sql)
+
+
+@lru_cache(maxsize=4096)
+def _cached_lexing_hazard(sql: str) -> bool:
+    return _lexing_hazard(sql)
+
+
+def _lexing_hazard(sql: str) -> bool:
     """True when ``sql`` might lex differently on a server whose
     ``standard_conforming_strings`` is off, or whose client encoding is one
     (SJIS, BIG5, GBK...) that can read a backslash as part of a character.

@@ -199,10 +199,16 @@ class RoleTracker:
 
     def parse(self, name: str, analysis: Analysis | None, sql: str = "") -> None:
         """A Parse went upstream (``None``: it was rejected, so nothing is named)."""
-        if analysis is None or len(analysis.statements) != 1:
+        statement = analysis.statements[0] if (
+            analysis is not None and len(analysis.statements) == 1) else None
+        if statement is None or not (statement.actions or statement.transaction
+                                     or statement.prepared is not None
+                                     or statement.node == "DeallocateStmt"):
+            # Nothing a role model needs: not remembered (a client may name
+            # any number of statements; only these few cost memory here).
             self._statements.pop(name, None)
             return
-        self._statements[name] = (analysis.statements[0], sql)
+        self._statements[name] = (statement, sql)
 
     def bind(self, portal: str, statement: str) -> None:
         """A Bind went upstream: the portal runs that statement."""

@@ -27,7 +27,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgwire.roles._sql import Analysis, RoleAction, StatementInfo, analyze
+from pgwire.roles._sql import (
+    CACHED_TEXT_LIMIT,
+    Analysis,
+    RoleAction,
+    StatementInfo,
+    _analyze,
+    analyze,
+)
 
 KINDS = frozenset({"set_role", "set_session_authorization", "discard_all",
                    "alter_role_default", "dynamic_set_config", "settings_table", "do_block",
@@ -745,3 +752,15 @@ def test_text_inside_a_string_touches_no_role(text: str) -> None:
     assert analysis.error is None, analysis.error
     assert len(analysis.statements) == 1
     assert not analysis.touches_roles
+
+
+def test_long_texts_are_analysed_but_never_kept() -> None:
+    """The cache holds its keys: a text past CACHED_TEXT_LIMIT is analysed every
+    time, so many distinct long texts cannot fill memory."""
+    padding = "x" * CACHED_TEXT_LIMIT
+    before = _analyze.cache_info().currsize
+    long_text = f"SELECT set_config('role', 'r', false), '{padding}'"
+    assert [a.target for a in analyze(long_text).actions] == ["r"]
+    assert _analyze.cache_info().currsize == before
+    analyze("SELECT 'short and new text for the cache'")
+    assert _analyze.cache_info().currsize == before + 1
