@@ -154,6 +154,10 @@ class Audit(Middleware[AuditSession]):
       else as ``\\x`` and hex; or a function ``(sql, index, value) -> str |
       None`` (or its ``"module:function"`` name) deciding per value.
     - ``close_timeout``: how long :meth:`close` keeps trying a failing sink.
+    - ``max_sql_length``: statement texts longer than this many characters
+      are recorded as their beginning, the number of characters cut, and the
+      SHA-256 of the whole text, so one record (and the queue, at most
+      ``queue_size`` records) stays bounded in memory. ``None``: no limit.
     - ``track_roles``: keep ``ctx.roles`` (the effective role in every record)
       current when no other middleware does, as the
       :class:`~pgwire.middleware.roles.RoleGuard` would (needs pglast; without
@@ -170,7 +174,12 @@ class Audit(Middleware[AuditSession]):
                  when_full: WhenFull = "block",
                  redact: Literal["all", "none"] | Redactor | str = "all",
                  close_timeout: float | None = 30.0, retry_delay: float = 0.1,
-                 max_retry_delay: float = 5.0, track_roles: bool = True) -> None:
+                 max_retry_delay: float = 5.0, track_roles: bool = True,
+                 max_sql_length: int | None = 16_384) -> None:
+        if max_sql_length is not None and max_sql_length < 1:
+            raise ValueError(f"max_sql_length must be positive or None, not {max_sql_length!r}")
+        #: Longest statement text recorded whole (None: no limit).
+        self.max_sql_length = max_sql_length
         self.track_roles = track_roles and importlib.util.find_spec("pglast") is not None
         if not isinstance(sink, Sink):
             sink = make_sink(sink)
@@ -295,27 +304,28 @@ class Audit(Middleware[AuditSession]):
             state.statements.pop("", None)
             state.portals.pop("", None)
             state.requests += 1
-            return self._request(ctx, "query", message.query, QueryRecord(
-                **self._who(ctx), request=state.requests, sql=message.query))
+            sql = self._clip(message.query)
+            return self._request(ctx, "query", sql, QueryRecord(
+                **self._who(ctx), request=state.requests, sql=sql))
         if code == b"P":
             assert isinstance(message, Parse)
+            sql = self._clip(message.query)
             record = ParseRecord(**self._who(ctx), statement_name=message.statement,
-                                 sql=message.query, parameter_types=message.parameter_types)
+                                 sql=sql, parameter_types=message.parameter_types)
             if not self.queue.put(record, refusable=True) and self._rejecting:
                 return self._refusal()
-            _remember(state.statements, message.statement,
-                      (message.query, message.parameter_types))
+            _remember(state.statements, message.statement, (sql, message.parameter_types))
             return None
         if code == b"B":
             assert isinstance(message, Bind)
             return self._bind(ctx, message)
         if code == b"E":
             assert isinstance(message, Execute)
-            statement_name, sql = state.portals.get(message.portal, (None, None))
+            statement_name, portal_sql = state.portals.get(message.portal, (None, None))
             state.requests += 1
-            return self._request(ctx, "execute", sql, ExecuteRecord(
+            return self._request(ctx, "execute", portal_sql, ExecuteRecord(
                 **self._who(ctx), request=state.requests, portal=message.portal,
-                statement_name=statement_name, sql=sql, max_rows=message.max_rows))
+                statement_name=statement_name, sql=portal_sql, max_rows=message.max_rows))
         if code == b"F":
             assert isinstance(message, FunctionCall)
             state.requests += 1
@@ -473,16 +483,27 @@ class Audit(Middleware[AuditSession]):
     def _role_event(self, ctx: Context[AuditSession], event: RoleEvent) -> None:
         if isinstance(event, RoleDecision):
             self._emit(RoleDecisionRecord(
-                **self._who(ctx), sql=event.statement, kind=event.kind, target=event.target,
+                **self._who(ctx), sql=self._clip(event.statement), kind=event.kind,
+                target=event.target,
                 allowed=event.allowed, reason=event.reason, policy=event.policy))
         elif isinstance(event, RoleChange):
             self._emit(RoleChangeRecord(
                 **self._who(ctx), before_current=event.before_current,
                 after_current=event.after_current, before_session=event.before_session,
-                after_session=event.after_session, sql=event.statement,
+                after_session=event.after_session,
+                sql=None if event.statement is None else self._clip(event.statement),
                 verified=event.verified))
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _clip(self, sql: str) -> str:
+        """The statement text as recorded: past ``max_sql_length`` characters,
+        its beginning, how much was cut, and the SHA-256 of the whole text."""
+        limit = self.max_sql_length
+        if limit is None or len(sql) <= limit:
+            return sql
+        digest = hashlib.sha256(sql.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{sql[:limit]}... [{len(sql) - limit} more characters; sha256 {digest}]"
 
     def _emit(self, record: AuditRecord) -> None:
         """Queue a record that follows from something already recorded (never refused)."""

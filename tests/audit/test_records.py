@@ -9,6 +9,7 @@ queries, sessions cut short) is reached exactly.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -509,3 +510,23 @@ def test_records_are_built_from_the_query_message(audit: Audit, sink: ListSink) 
     assert audit.flush(TIMEOUT)
     [query] = [r for r in sink.records if isinstance(r, QueryRecord)]
     assert query.sql == "select 42" and query.request == 1
+
+
+def test_long_statement_texts_are_recorded_clipped_with_the_hash_of_the_whole() -> None:
+    sink = ListSink()
+    audit = Audit(sink, track_roles=False, max_sql_length=20)
+    long_sql = "SELECT '" + "x" * 100 + "'"
+    try:
+        wire = logged_in(audit)
+        wire.client_sends(pw.Query(query=long_sql))
+        [query] = events(records(audit, sink), "query")
+    finally:
+        audit.close()
+    digest = hashlib.sha256(long_sql.encode()).hexdigest()
+    assert query["sql"] == f"{long_sql[:20]}... [{len(long_sql) - 20} more characters; " \
+                           f"sha256 {digest}]"
+
+
+def test_max_sql_length_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_sql_length"):
+        Audit(ListSink(), max_sql_length=0)
