@@ -13,6 +13,7 @@ what the client really got (the role guard's rejections included). See
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -384,13 +385,11 @@ class Audit(Middleware[AuditSession]):
                 shown.append(None)
                 continue
             raw = bytes(value)
+            text = None
             if not (index < len(formats) and formats[index] == 1):
-                try:
-                    shown.append(raw.decode(encoding))
-                    continue
-                except UnicodeDecodeError:
-                    pass
-            shown.append("\\x" + raw.hex())
+                with contextlib.suppress(UnicodeDecodeError):
+                    text = raw.decode(encoding)
+            shown.append(self._clip(text if text is not None else "\\x" + raw.hex()))
         return tuple(shown)
 
     @property
@@ -497,8 +496,9 @@ class Audit(Middleware[AuditSession]):
     # -- helpers -----------------------------------------------------------------------
 
     def _clip(self, sql: str) -> str:
-        """The statement text as recorded: past ``max_sql_length`` characters,
-        its beginning, how much was cut, and the SHA-256 of the whole text."""
+        """A statement text (or parameter value) as recorded: past
+        ``max_sql_length`` characters, its beginning, how much was cut, and
+        the SHA-256 of the whole text."""
         limit = self.max_sql_length
         if limit is None or len(sql) <= limit:
             return sql
