@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +41,27 @@ def test_readme_links_resolve() -> None:
                    "examples/roles.toml"):
         assert target in text
         assert (ROOT / target).exists(), target
+
+
+def test_the_imports_in_the_docs_code_blocks_resolve() -> None:
+    """Every ``from pgwire... import`` / ``import pgwire...`` line of a Python
+    code block in docs/ names something that exists."""
+    pattern = re.compile(r"```python\n(.*?)```", re.DOTALL)
+    checked = 0
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for block in pattern.findall(page.read_text()):
+            statements = re.findall(
+                r"^(from pgwire[\w.]* import \(?[^)\n]*\)?|import pgwire[\w.]*)", block,
+                re.MULTILINE)
+            for statement in statements:
+                if statement.startswith("import "):
+                    importlib.import_module(statement.split()[1])
+                else:
+                    module, _, names = statement[5:].partition(" import ")
+                    imported = importlib.import_module(module)
+                    for entry in names.strip("()").split(","):
+                        name = entry.split(" as ")[0].strip()
+                        if name and not hasattr(imported, name):
+                            importlib.import_module(f"{module}.{name}")  # a submodule
+                checked += 1
+    assert checked > 10
