@@ -211,9 +211,8 @@ class RoleGuard(Middleware[GuardState]):
         tracker = state.tracker
         code = message.type_code
         if isinstance(message, Query | Parse):
-            verdict = self._check_sql(ctx, message.query)
+            verdict, analysis = self._check_sql(ctx, message.query)
             state.requests += code == b"Q"  # after the check: in flight from now on
-            analysis = None if verdict is not None else analyze(message.query)
             if isinstance(message, Parse):
                 state.parametrized.pop(message.statement, None)
                 if analysis is not None and any(
@@ -257,12 +256,15 @@ class RoleGuard(Middleware[GuardState]):
 
     # -- decisions ---------------------------------------------------------------------
 
-    def _check_sql(self, ctx: Context[GuardState], sql: str) -> Reject | None:
+    def _check_sql(self, ctx: Context[GuardState], sql: str
+                   ) -> tuple[Reject | None, Analysis | None]:
+        """The verdict on ``sql``, and its analysis when it goes upstream
+        (None when it is refused, or unparseable and allowed)."""
         state = ctx.state
         parameters = ctx.parameters
         encoding = parameters.get("client_encoding", "UTF8").upper()
         if encoding in _UNSAFE_ENCODINGS and not sql.isascii():
-            return self._refuse(ctx, sql, RoleAction("unparseable"),
+            return self._refuse_text(ctx, sql, RoleAction("unparseable"),
                                 f"in the client encoding {encoding}, a character can hide a "
                                 "byte the server lexes as a quote or backslash; send ASCII "
                                 "text, or use UTF8")
@@ -272,7 +274,7 @@ class RoleGuard(Middleware[GuardState]):
         uncertain = bool(state.requests or state.batch_executes) or (
             parameters.get("standard_conforming_strings", "on") != "on")
         if uncertain and lexing_hazard(sql):
-            return self._refuse(ctx, sql, RoleAction("unparseable"),
+            return self._refuse_text(ctx, sql, RoleAction("unparseable"),
                                 "this text lexes differently when standard_conforming_strings "
                                 "is off (a backslash in an ordinary string constant, or after "
                                 "a non-ASCII character), and the setting may have changed: "
@@ -280,15 +282,20 @@ class RoleGuard(Middleware[GuardState]):
         analysis = analyze(sql)
         if analysis.error is not None:
             if self.unparseable == "allow":
-                return None
-            return self._refuse(ctx, sql, RoleAction("unparseable"),
+                return None, None
+            return self._refuse_text(ctx, sql, RoleAction("unparseable"),
                                 f"the statement could not be parsed ({analysis.error}), so "
                                 "its effect on roles cannot be checked")
         if uncertain and not sql.isascii() and analysis.touches_roles:
-            return self._refuse(ctx, sql, RoleAction("unparseable"),
+            return self._refuse_text(ctx, sql, RoleAction("unparseable"),
                                 "a role change with non-ASCII text while client_encoding may "
                                 "have changed: the server could read another name")
-        return self._check_actions(ctx, sql, analysis)
+        verdict = self._check_actions(ctx, sql, analysis)
+        return verdict, None if verdict is not None else analysis
+
+    def _refuse_text(self, ctx: Context[GuardState], sql: str, action: RoleAction,
+                     reason: str) -> tuple[Reject, None]:
+        return self._refuse(ctx, sql, action, reason), None
 
     def _check_actions(self, ctx: Context[GuardState], sql: str,
                        analysis: Analysis) -> Reject | None:
