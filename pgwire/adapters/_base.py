@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..middleware.base import JobOutcome
 from ..proxy import (
@@ -18,10 +19,10 @@ from ..proxy import (
     CloseClient,
     CloseUpstream,
     OpenUpstream,
+    Proxy,
     RunJob,
     SendToClient,
     SendToUpstream,
-    Session,
     StartTimer,
 )
 
@@ -59,16 +60,35 @@ def parse_address(text: str, default_port: int = 5432) -> Address:
 
 
 class SessionDriver(ABC):
-    """Drives one :class:`~pgwire.proxy.Session`: feeds it events, performs actions."""
+    """Drives one :class:`~pgwire.proxy.Session` (or the proxy's
+    :class:`~pgwire.proxy.Pool`, which has no client): feeds it events,
+    performs actions."""
 
-    __slots__ = ("closed_client", "session")
+    __slots__ = ("closed_client", "proxy", "session")
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Any, proxy: Proxy) -> None:
+        #: The session, or the pool (same event methods; no client side).
         self.session = session
+        self.proxy = proxy
         self.closed_client = False
+        session.driver = self
 
     def perform(self, actions: Iterable[Action]) -> None:
-        """Carry out ``actions`` in order."""
+        """Carry out ``actions`` in order, then what other sessions (or the pool)
+        were handed meanwhile."""
+        self._perform(actions)
+        if self.proxy._woken:
+            for target in self.proxy.take_woken():
+                driver = target.driver
+                if isinstance(driver, SessionDriver):
+                    driver.deliver(target)
+
+    def deliver(self, target: Any) -> None:
+        """Perform ``target.take()`` (an adapter whose drivers run in threads
+        of their own hands this to the driver's thread)."""
+        self.perform(target.take())
+
+    def _perform(self, actions: Iterable[Action]) -> None:
         for action in actions:
             match action:
                 case SendToUpstream(data=data, link=link):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
 from ..middleware.base import JobOutcome
-from ..proxy import Address, Proxy, ProxyConfig, Session, format_address
+from ..proxy import Address, Pool, Proxy, ProxyConfig, Session, format_address
 from ._base import SessionDriver, run_job
 
 __all__ = ["AsyncioProxy", "new_event_loop", "run", "start_proxy"]
@@ -74,8 +74,9 @@ class _Side(asyncio.Protocol):
 class _Driver(SessionDriver):
     __slots__ = ("client", "done", "links", "loop", "pending", "server", "timers")
 
-    def __init__(self, server: AsyncioProxy, session: Session, client: _Side) -> None:
-        super().__init__(session)
+    def __init__(self, server: AsyncioProxy, session: Session | Pool,
+                 client: _Side | None) -> None:
+        super().__init__(session, server.proxy)
         self.server = server
         self.loop = server.loop
         self.client = client
@@ -87,7 +88,7 @@ class _Driver(SessionDriver):
     # -- primitives ---------------------------------------------------------------------
 
     def send_client(self, data: bytes) -> None:
-        transport = self.client.transport
+        transport = self.client.transport if self.client is not None else None
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
@@ -134,7 +135,7 @@ class _Driver(SessionDriver):
             self.cancel_timer(name)
         for link in list(self.links) + list(self.pending):
             self.close_upstream(link)
-        transport = self.client.transport
+        transport = self.client.transport if self.client is not None else None
         if transport is not None:
             transport.close()
 
@@ -176,6 +177,8 @@ class _Driver(SessionDriver):
             self.perform(self.session.upstream_data(b"", link))
 
     def pause_others(self, side: _Side, pause: bool) -> None:
+        if self.client is None:
+            return  # the pool: its links belong to different clients
         others = [self.client, *self.links.values()]
         for other in others:
             if other is side or other.transport is None or other.transport.is_closing():
@@ -197,6 +200,10 @@ class AsyncioProxy:
         self._servers: list[asyncio.Server] = []
         self._drivers: set[_Driver] = set()
         self._stopped = self.loop.create_future()
+        self._pool_driver: _Driver | None = None
+        if proxy.pool is not None:
+            self._pool_driver = _Driver(self, proxy.pool, None)
+            self._pool_driver.perform(proxy.pool.start())
 
     @property
     def addresses(self) -> list[Address]:
@@ -258,11 +265,17 @@ class AsyncioProxy:
                     driver.perform(driver.session.shutdown(immediate=True))
                 await asyncio.wait([d.done for d in self._drivers], timeout=5)
         for driver in list(self._drivers):  # sockets that never closed: drop them
-            transport = driver.client.transport
+            transport = driver.client.transport if driver.client is not None else None
             if transport is not None:
                 transport.abort()
         for server in self._servers:
             await server.wait_closed()
+        pool_driver = self._pool_driver
+        if pool_driver is not None and self.proxy.pool is not None:
+            pool_driver.perform(self.proxy.pool.shutdown())
+            await asyncio.sleep(0)  # let the Terminate messages go out
+            pool_driver.close_client()
+            self.proxy.pool.closed()
         # Middleware may flush to files or servers: not on the event loop.
         await asyncio.to_thread(self.proxy.close)
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -34,10 +34,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..middleware.base import JobOutcome
-from ..proxy import Action, Address, Proxy, ProxyConfig, Session, format_address
+from ..proxy import Action, Address, Pool, Proxy, ProxyConfig, Session, format_address
 from ._base import SessionDriver, run_job
 from ._sockets import LINGER as _LINGER
 from ._sockets import READ_SIZE as _READ_SIZE
@@ -100,11 +100,14 @@ class _Driver(SessionDriver):
                  "post_lock", "selector", "server", "sides", "thread", "timers", "waker",
                  "waker_out")
 
-    def __init__(self, server: BlockingProxy, session: Session, sock: socket.socket) -> None:
-        super().__init__(session)
+    def __init__(self, server: BlockingProxy, session: Session | Pool,
+                 sock: socket.socket | None) -> None:
+        super().__init__(session, server.proxy)
         self.server = server
-        self.client = _Side(sock, None)
-        self.sides: list[_Side] = [self.client]  # every open socket, closing ones too
+        #: None for the pool's driver (its links belong to many clients).
+        self.client = _Side(sock, None) if sock is not None else None
+        # Every open socket, closing ones too.
+        self.sides: list[_Side] = [self.client] if self.client is not None else []
         self.links: dict[int, _Side] = {}
         self.connects: dict[int, _Connect] = {}
         self.timers: dict[str, _Timer] = {}
@@ -123,8 +126,9 @@ class _Driver(SessionDriver):
             self.waker.close()
             self.waker_out.close()
             raise
-        self.thread = threading.Thread(target=self.run, daemon=True,
-                                       name=f"pgwire-session-{session.session_id}")
+        name = (f"pgwire-session-{session.session_id}" if isinstance(session, Session)
+                else "pgwire-pool")
+        self.thread = threading.Thread(target=self.run, daemon=True, name=name)
 
     # -- calling the engine ------------------------------------------------------------
 
@@ -132,6 +136,13 @@ class _Driver(SessionDriver):
         """Call a Session method and carry out its actions, holding the engine lock."""
         with self.server.lock:
             self.perform(method(*args))
+
+    def deliver(self, target: Any) -> None:
+        """Actions made for ``target`` elsewhere: its own thread performs them."""
+        if threading.current_thread() is self.thread:
+            self.perform(target.take())  # the engine lock is held: we are in drive()
+        else:
+            self.post(functools.partial(self.drive, target.take))
 
     def post(self, call: Callable[[], None]) -> bool:
         """Have the session's thread run ``call`` (from any thread); False once it ended."""
@@ -151,7 +162,7 @@ class _Driver(SessionDriver):
 
     def send_client(self, data: bytes) -> None:
         client = self.client
-        if client.open and not client.closing:
+        if client is not None and client.open and not client.closing:
             client.out += data
 
     def send_upstream(self, link: int, data: bytes) -> None:
@@ -174,7 +185,10 @@ class _Driver(SessionDriver):
         self.timers.clear()
         for link in list(self.links) + list(self.connects):
             self.close_upstream(link)
-        self.client.closing = self.client.eof = True
+        if self.client is not None:
+            self.client.closing = self.client.eof = True
+        else:
+            self.closed_client = True
 
     def start_timer(self, name: str, seconds: float) -> None:
         self.timers[name] = _Timer(time.monotonic() + seconds)
@@ -221,7 +235,13 @@ class _Driver(SessionDriver):
                 self._write(side)
         if self.aborted:
             return False
-        if not self.client.open:
+        if self.client is None:
+            if self.closed_client:  # the pool's driver, told to stop
+                if self.linger_until is None:
+                    self.linger_until = time.monotonic() + _LINGER
+                if not self.sides or time.monotonic() >= self.linger_until:
+                    return False
+        elif not self.client.open:
             if self.linger_until is None:
                 self.close_client()
                 self.linger_until = time.monotonic() + _LINGER
@@ -250,8 +270,9 @@ class _Driver(SessionDriver):
         while it has a queue."""
         for side in self.sides:
             mask = 0
-            if not side.eof and not any(other is not side and len(other.out) > WRITE_LIMIT
-                                        for other in self.sides):
+            if not side.eof and (self.client is None or not any(
+                other is not side and len(other.out) > WRITE_LIMIT for other in self.sides
+            )):
                 mask |= selectors.EVENT_READ
             if side.out:
                 mask |= selectors.EVENT_WRITE
@@ -454,6 +475,9 @@ class BlockingProxy:
             max_workers=job_threads, thread_name_prefix="pgwire-job")
         self._listeners: list[socket.socket] = []
         self._drivers: set[_Driver] = set()
+        self._pool_driver: _Driver | None = None
+        if proxy.pool is not None:
+            self._pool_driver = _Driver(self, proxy.pool, None)
         self._changed = threading.Condition(self.lock)
         self._accept_thread: threading.Thread | None = None
         self._waker, self._waker_out = socket.socketpair()
@@ -481,6 +505,10 @@ class BlockingProxy:
 
     def start(self) -> None:
         """Start accepting clients in a thread of its own."""
+        if self._pool_driver is not None and not self._pool_driver.thread.is_alive() and (
+            not self._pool_driver.finished
+        ):
+            self._pool_driver.thread.start()
         if self._accept_thread is None:
             self._accept_thread = threading.Thread(target=self._accept_loop,
                                                    name="pgwire-accept", daemon=True)
@@ -591,6 +619,17 @@ class BlockingProxy:
             self._wait_sessions(5, hurry=False)
         for thread in threads:
             thread.join(5)
+        pool_driver = self._pool_driver
+        if pool_driver is not None and pool_driver.thread.is_alive():
+            pool = pool_driver.session
+
+            def stop() -> None:
+                pool_driver.drive(pool.shutdown)
+                with self.lock:
+                    pool_driver.close_client()
+
+            pool_driver.post(stop)
+            pool_driver.thread.join(_LINGER + 5)
         self.proxy.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._waker.close()

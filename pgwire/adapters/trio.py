@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from ..middleware.base import JobOutcome
-from ..proxy import Address, Proxy, ProxyConfig, Session, format_address
+from ..proxy import Address, Pool, Proxy, ProxyConfig, Session, format_address
 from ._base import SessionDriver, run_job
 from ._sockets import LINGER as _LINGER
 from ._sockets import READ_SIZE as _READ_SIZE
@@ -79,12 +79,13 @@ class _Driver(SessionDriver):
     __slots__ = ("client", "client_gone", "flow", "links", "nursery", "pending", "server",
                  "side_gone", "sides", "timers")
 
-    def __init__(self, server: TrioProxy, session: Session, stream: trio.SocketStream,
-                 nursery: trio.Nursery) -> None:
-        super().__init__(session)
+    def __init__(self, server: TrioProxy, session: Session | Pool,
+                 stream: trio.SocketStream | None, nursery: trio.Nursery) -> None:
+        super().__init__(session, server.proxy)
         self.server = server
         self.nursery = nursery
-        self.client = _Side(stream, None)
+        #: None for the pool's driver (its links belong to many clients).
+        self.client = _Side(stream, None) if stream is not None else None
         self.client_gone = trio.Event()
         self.links: dict[int, _Side] = {}
         self.sides: set[_Side] = set()  # every socket still open, closing ones too
@@ -96,7 +97,8 @@ class _Driver(SessionDriver):
     # -- primitives ---------------------------------------------------------------------
 
     def send_client(self, data: bytes) -> None:
-        self.client.write(data)
+        if self.client is not None:
+            self.client.write(data)
 
     def send_upstream(self, link: int, data: bytes) -> None:
         side = self.links.get(link)
@@ -149,7 +151,8 @@ class _Driver(SessionDriver):
             self.cancel_timer(name)
         for link in list(self.links) + list(self.pending):
             self.close_upstream(link)
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
 
     def start_timer(self, name: str, seconds: float) -> None:
         self.cancel_timer(name)
@@ -241,6 +244,8 @@ class _Driver(SessionDriver):
 
     def _held_back(self, reader: _Side) -> bool:
         """Whether another socket of the session has too much queued to read more."""
+        if self.client is None:
+            return False  # the pool: its links belong to different clients
         return any(side is not reader and not side.broken and side.queued > WRITE_LIMIT
                    for side in self.sides)
 
@@ -263,7 +268,7 @@ class _Driver(SessionDriver):
 
     async def linger(self) -> None:
         """Wait until every upstream link has written its queue and closed."""
-        while self.sides - {self.client}:
+        while self.sides - {self.client} if self.client is not None else self.sides:
             await self.side_gone.park()
 
 
@@ -287,6 +292,8 @@ class TrioProxy:
         self._stopped = trio.Event()
         self._grace: trio.CancelScope | None = None
         self._hurried = False
+        self._pool_stop = trio.Event()
+        self._pool_done = trio.Event()
 
     @property
     def addresses(self) -> list[Address]:
@@ -317,6 +324,10 @@ class TrioProxy:
         """
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.proxy.pool is not None:
+                await nursery.start(self._run_pool, self.proxy.pool)
+            else:
+                self._pool_done.set()
             self._accepting = trio.CancelScope()
             nursery.start_soon(self._accept_all, self._accepting)
             task_status.started(self)
@@ -350,6 +361,24 @@ class TrioProxy:
             assert self._nursery is not None
             self._nursery.start_soon(self._run_session, stream)
 
+    async def _run_pool(self, pool: Pool, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The pool's links and timers, until the sessions are gone."""
+        try:
+            async with trio.open_nursery() as nursery:
+                driver = _Driver(self, pool, None, nursery)
+                driver.perform(pool.start())
+                task_status.started()
+                await self._pool_stop.wait()
+                driver.perform(pool.shutdown())
+                driver.close_client()
+                with trio.move_on_after(_LINGER):
+                    await driver.linger()
+                nursery.cancel_scope.cancel()
+        finally:
+            pool.closed()
+            self._pool_done.set()
+
     async def _run_session(self, stream: trio.SocketStream) -> None:
         try:
             peer: object = stream.socket.getpeername()
@@ -361,6 +390,7 @@ class TrioProxy:
             async with trio.open_nursery() as nursery:
                 driver = _Driver(self, session, stream, nursery)
                 self._drivers.add(driver)
+                assert driver.client is not None
                 driver.start_side(driver.client)
                 driver.perform(session.start())
                 await driver.client_gone.wait()
@@ -409,6 +439,9 @@ class TrioProxy:
             driver.nursery.cancel_scope.cancel()
         with trio.move_on_after(5):
             await self._all_done()
+        self._pool_stop.set()
+        with trio.move_on_after(_LINGER + 1):
+            await self._pool_done.wait()
         # Middleware may flush to files or servers: not on the event loop.
         await trio.to_thread.run_sync(self.proxy.close)
         self._stopped.set()

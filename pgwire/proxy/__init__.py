@@ -31,6 +31,14 @@ from ._config import (
     ProxyConfig,
     UpstreamTLS,
 )
+from ._pool import POOL_LINK_BASE, Pool, PooledServer, PoolKey, PoolKeyStats, ServerState
+from ._pool_config import (
+    DEFAULT_SESSION_STATE,
+    SESSION_STATE_KINDS,
+    PoolConfig,
+    PoolMode,
+    StatePolicy,
+)
 from ._proxy import Proxy, ProxyStats
 from ._session import Session, SessionState
 
@@ -38,8 +46,11 @@ __all__ = [
     "AUTH_LINK",
     "CANCEL_LINK",
     "DEFAULT_AUTH_QUERY",
+    "DEFAULT_SESSION_STATE",
     "MAIN_LINK",
     "MAX_INSTANCE_ID",
+    "POOL_LINK_BASE",
+    "SESSION_STATE_KINDS",
     "Action",
     "Address",
     "AuthQuery",
@@ -50,6 +61,12 @@ __all__ = [
     "CloseUpstream",
     "OpenUpstream",
     "Passthrough",
+    "Pool",
+    "PoolConfig",
+    "PoolKey",
+    "PoolKeyStats",
+    "PoolMode",
+    "PooledServer",
     "Proxy",
     "ProxyAuth",
     "ProxyConfig",
@@ -57,9 +74,11 @@ __all__ = [
     "RunJob",
     "SendToClient",
     "SendToUpstream",
+    "ServerState",
     "Session",
     "SessionState",
     "StartTimer",
+    "StatePolicy",
     "UpstreamKey",
     "UpstreamTLS",
     "format_address",

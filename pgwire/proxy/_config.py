@@ -18,6 +18,7 @@ from ..server import AuthMethod
 from ..tls import SSLMODES, SSLMode
 from ._actions import Address
 from ._cancel import MAX_INSTANCE_ID
+from ._pool_config import PoolConfig
 
 __all__ = [
     "DEFAULT_AUTH_QUERY",
@@ -154,6 +155,9 @@ class ProxyConfig:
     #: middleware reads messages. Off: such sessions delimit and count frames
     #: only (cut-through, as PgBouncer), leaving order checks to the two ends.
     check_protocol: bool = False
+    #: Pool server connections (see :class:`PoolConfig`); None: one server
+    #: connection per client, opened at its login and closed when it leaves.
+    pool: PoolConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("login_timeout", "connect_timeout", "idle_timeout",
@@ -170,6 +174,16 @@ class ProxyConfig:
             raise ValueError(f"instance_id must be 0..{MAX_INSTANCE_ID}, not {self.instance_id!r}")
         if self.require_client_tls and self.client_tls is None:
             raise ValueError("require_client_tls needs client_tls (a certificate to offer)")
+        if self.pool is not None and not isinstance(self.auth, ProxyAuth):
+            raise ValueError("a pool needs ProxyAuth: with Passthrough every client logs in "
+                             "to the server itself, so no connection can be reused")
+        if self.pool is not None and self.pool.mode == "transaction":
+            try:
+                import pglast.parser  # noqa: F401, PLC0415 - the pool reads SQL with it
+            except ImportError:
+                raise ValueError("a transaction-mode pool reads every statement for "
+                                 "session state: install pglast (pip install pgwire[sql])"
+                                 ) from None
         if isinstance(self.auth, ProxyAuth) and self.auth.method == "cert" and (
             self.client_tls is None
         ):

@@ -5,13 +5,17 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
 from ..middleware.base import Middleware
+from ._actions import Action
 from ._cancel import CancelKeys
 from ._config import ProxyConfig
+from ._pool import Pool
+from ._pooling import PoolMiddleware
 from ._session import Session, SessionState
 
 __all__ = ["Proxy", "ProxyStats"]
@@ -51,10 +55,12 @@ class Proxy:
     to tell.
     """
 
-    __slots__ = ("_closed", "_ids", "_mock_key", "_sessions", "cancel_keys", "config",
-                 "shutting_down", "stats")
+    __slots__ = ("_closed", "_ids", "_mock_key", "_pool_decode", "_pool_middleware",
+                 "_sessions", "_woken", "cancel_keys", "config", "pool", "shutting_down",
+                 "stats")
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, *, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         self.config = config
         self.cancel_keys = CancelKeys(config.instance_id, config.peers)
         self.stats = ProxyStats()
@@ -66,7 +72,37 @@ class Proxy:
         # the same across attempts, as in PostgreSQL.
         self._mock_key = secrets.token_bytes(32)
         # Fail at start, not at the first client, if a factory is broken.
-        self._instantiate_middleware()
+        chain = self._instantiate_middleware()
+        # Targets (sessions, the pool) with actions made outside their own calls.
+        self._woken: dict[int, Session | Pool] = {}
+        #: The pool of server connections, when ``config.pool`` is set.
+        self.pool: Pool | None = None
+        self._pool_middleware: PoolMiddleware | None = None
+        self._pool_decode: frozenset[bytes] = frozenset()
+        if config.pool is not None:
+            self.pool = Pool(self, config.pool, clock)
+            self._pool_middleware = PoolMiddleware(config.pool)
+            chain.append(self._pool_middleware)
+            self._pool_decode = frozenset({b"E"}).union(*(m.server_messages for m in chain))
+
+    def take_woken(self) -> list[Session | Pool]:
+        """Sessions and the pool that have actions made outside their own calls
+        (a connection handed over, bytes for a pooled link): perform each one's
+        ``take()`` with its driver. Call this after performing any actions."""
+        if not self._woken:
+            return []
+        woken = list(self._woken.values())
+        self._woken.clear()
+        return woken
+
+    def _wake(self, target: Session | Pool) -> None:
+        self._woken[id(target)] = target
+
+    def _route(self, target: Session, actions: list[Action]) -> None:
+        """Actions a session returned to the pool's call: its driver performs them."""
+        if actions:
+            target._out[:0] = actions
+            self._wake(target)
 
     def new_session(self, client_address: tuple[str, int] | str | None = None) -> Session:
         """A session for a client that just connected; call its ``start()``."""
@@ -91,6 +127,8 @@ class Proxy:
     def begin_shutdown(self) -> list[Session]:
         """Refuse new logins from now on; the sessions still running."""
         self.shutting_down = True
+        if self.pool is not None:
+            self.pool.shutting_down = True
         return list(self._sessions.values())
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ from ..protocol import (
     GSSENCResponse,
     Message,
     NegotiateProtocolVersion,
+    ParameterStatus,
     Parse,
     PasswordMessage,
     Phase,
@@ -69,6 +70,7 @@ from ..protocol import (
     StartupMessage,
     Sync,
     Terminate,
+    TransactionStatus,
 )
 from ..roles._state import SessionRoles
 from ..server import ServerConnection
@@ -90,6 +92,7 @@ from ._actions import (
 )
 from ._cancel import CancelRoute, UpstreamKey
 from ._config import AuthQuery, ProxyAuth
+from ._pool import PooledServer, PoolKey
 from ._relay import Relay
 
 if TYPE_CHECKING:
@@ -102,6 +105,7 @@ _SCRAM_PLUS: Final = "SCRAM-SHA-256-PLUS"
 _NOT_FORWARDED: Final = ("user", "database")
 LOGIN_TIMER: Final = "login"
 IDLE_TIMER: Final = "idle"
+CHECKOUT_TIMER: Final = "checkout"
 # Messages a Reject can answer with an error in place (they get one response).
 _REJECTABLE: Final = (Query, Parse, Bind, Describe, Execute, Close, FunctionCall)
 
@@ -157,6 +161,7 @@ class Session:
     """
 
     __slots__ = (
+        "_attachments",
         "_auth_lookup",
         "_broken",
         "_cancel_key",
@@ -166,24 +171,32 @@ class Session:
         "_deferred",
         "_draining",
         "_fatal_from_upstream",
+        "_held",
         "_hidden",
         "_idle_armed",
         "_jobs",
         "_looked_up",
         "_next_job",
         "_out",
+        "_params_view",
+        "_pool",
+        "_pool_dirty",
+        "_pool_key",
+        "_pool_pins",
         "_proxy",
         "_query_backlog",
         "_reject_count",
         "_reject_token",
         "_rejects",
         "_relay",
+        "_server",
         "_upstream_user",
         "_z_arriving",
         "_z_seen",
         "auth_link",
         "client",
         "close_reason",
+        "driver",
         "info",
         "roles",
         "session_id",
@@ -205,6 +218,8 @@ class Session:
         self.roles = SessionRoles()
         try:
             middleware = proxy._instantiate_middleware()
+            if proxy._pool_middleware is not None:
+                middleware.append(proxy._pool_middleware)
             contexts = [Context(self, i, self.info, m.create_state(self.info))
                         for i, m in enumerate(middleware)]
         except Exception as exc:  # a middleware bug: this client is refused below
@@ -251,13 +266,29 @@ class Session:
         self._jobs: dict[int, Callable[[JobOutcome], None] | None] = {}
         self._relay: Relay | None = None
         self._next_job = 0
+        #: The adapter's handle for whatever performs this session's actions.
+        self.driver: object = None
+        # Pooling: the connection held now (None between transactions), its
+        # key, how many times one was attached, a client event waiting for
+        # one, the parameters the client saw at login, and the session state
+        # kinds that pin the connection or must be reset when it goes back.
+        self._pool = proxy.pool
+        self._server: PooledServer | None = None
+        self._pool_key: PoolKey | None = None
+        self._attachments = 0
+        self._held: object = None
+        self._params_view: dict[str, str] = {}
+        self._pool_pins: set[str] = set()
+        self._pool_dirty: set[str] = set()
 
     # -- public state ------------------------------------------------------------------
 
     @property
     def server_parameters(self) -> dict[str, str]:
         """ParameterStatus values the server reported (empty before login)."""
-        return self.upstream.frontend.parameters if self.upstream is not None else {}
+        if self.upstream is not None:
+            return self.upstream.frontend.parameters
+        return self._params_view
 
     @property
     def transaction_status(self) -> str:
@@ -305,26 +336,53 @@ class Session:
             if self.state is SessionState.READY and not self._chain.client_codes:
                 self._forward_client_frames()
                 return self._take()
-            while not self.is_closed:
-                event = client.next_event()
-                if event is NEED_DATA:
-                    break
-                if type(event) is RawMessage and self.state is SessionState.READY:
-                    upstream = self.upstream
-                    assert upstream is not None
-                    if event.type_code == b"X":
-                        self._finish_with_terminate("client terminated the session")
-                        break
-                    upstream.send(event)
-                else:
-                    self._client_event(event)
-                    if isinstance(event, ConnectionClosed):
-                        break  # a cancel client left early; the closed end repeats forever
+            self._client_events()
         except ProtocolError as exc:
             self._client_broke(exc)
         except Exception as exc:  # a middleware bug, or ours: fail closed
             self._internal_error(exc)
         return self._take()
+
+    def _client_events(self) -> None:
+        """Take the client's events (buffered by its connection) and act on them."""
+        client = self.client
+        if self._held is not None:
+            if self.upstream is None:
+                return  # still waiting for a pooled connection
+            event, self._held = self._held, None
+            self._client_event_ready(event)
+        while not self.is_closed:
+            event = client.next_event()
+            if event is NEED_DATA:
+                break
+            if self._pool is not None and self.upstream is None and (
+                self.state is SessionState.READY
+            ):
+                if isinstance(event, ConnectionClosed) or (
+                    isinstance(event, RawMessage | Terminate) and event.type_code == b"X"
+                ):
+                    self._close("client terminated the session")
+                    break
+                # A request between transactions: it waits for a connection.
+                self._held = event
+                self._pool_checkout()
+                break
+            if not self._client_event_ready(event):
+                break
+
+    def _client_event_ready(self, event: object) -> bool:
+        """One client event; False when the loop must stop."""
+        if type(event) is RawMessage and self.state is SessionState.READY:
+            upstream = self.upstream
+            assert upstream is not None
+            if event.type_code == b"X":
+                self._finish_with_terminate("client terminated the session")
+                return False
+            upstream.send(event)
+            return True
+        self._client_event(event)
+        # A cancel client that left early: its closed end repeats forever.
+        return not isinstance(event, ConnectionClosed)
 
     def upstream_data(self, data: bytes, link: int = MAIN_LINK) -> list[Action]:
         """Bytes read from upstream link ``link`` (``b""``: it closed)."""
@@ -388,6 +446,9 @@ class Session:
         """Timer ``name`` (from a :class:`StartTimer`) ran out."""
         if self.is_closed:
             return []
+        if name == CHECKOUT_TIMER:
+            self._checkout_timed_out()
+            return self._take()
         if name == LOGIN_TIMER and self.state is not SessionState.READY:
             self._proxy.stats.login_timeouts += 1
             self._fatal("08006", "terminating connection: the login did not finish within "
@@ -602,6 +663,12 @@ class Session:
                       if k not in _NOT_FORWARDED and not k.startswith("_pq_.")}
         tls = config.upstream_tls
         self._upstream_user = user
+        pool = self._pool
+        if pool is not None:
+            self.state = SessionState.CONNECTING
+            self._pool_key = pool.key_for(user, startup.get("database") or user, parameters)
+            self._pool_checkout(password)
+            return
         self.upstream = ClientConnection(
             user=user,
             database=startup.get("database"),
@@ -711,7 +778,7 @@ class Session:
                 if chunks:  # what came before a protocol error still reaches the client
                     client._channel.write(b"".join(chunks))
         else:
-            while not self.is_closed:
+            while not self.is_closed and self.upstream is upstream:
                 event = upstream.next_event()
                 if event is NEED_DATA:
                     break
@@ -952,7 +1019,8 @@ class Session:
                 _, messages, outer = deferred.popleft()
                 self._send_response(messages, outer)
         upstream = self.upstream
-        assert upstream is not None
+        if upstream is None:
+            return
         relay = self._relay
         if (relay.pending if relay is not None else upstream.frontend.pending_syncs) or (
             self._deferred
@@ -968,6 +1036,10 @@ class Session:
         if self._draining and self._at_rest():
             self._fatal("57P01", "terminating connection due to administrator command")
             return
+        if self._server is not None and not self._pool_pins and (
+            self._pool is not None and self._pool.config.mode == "transaction"
+        ) and self._releasable():
+            self._detach()
         config = self._proxy.config
         seconds = config.idle_timeout if self.transaction_status == "I" else (
             config.idle_in_transaction_timeout)
@@ -981,7 +1053,9 @@ class Session:
         if relay is not None:
             return bool(relay.pending) or relay.unsynced
         upstream = self.upstream
-        return upstream is not None and upstream.frontend.busy
+        if upstream is None:
+            return self._held is not None
+        return upstream.frontend.busy
 
     def _at_rest(self) -> bool:
         """No request in flight and no transaction open: safe to end the session."""
@@ -990,6 +1064,8 @@ class Session:
         if self._relay is not None:
             return self._relay.at_rest
         upstream = self.upstream
+        if upstream is None and self._pool is not None:
+            return self._held is None and self.transaction_status == "I"
         return (upstream is not None and upstream.frontend.phase is Phase.READY
                 and not upstream.frontend.pending_syncs and not self._deferred
                 and self.transaction_status == "I")
@@ -1210,6 +1286,138 @@ class Session:
             self._fatal_from_upstream = True
         return message
 
+    # -- pooling -----------------------------------------------------------------------
+
+    def take(self) -> list[Action]:
+        """Actions produced outside a call of this session (by the pool handing it
+        a connection, or bytes of its connection): the adapter takes them when
+        the proxy reports the session in :meth:`Proxy.take_woken`."""
+        if self.is_closed:
+            out, self._out = self._out, []
+            return out
+        return self._take()
+
+    def _pool_checkout(self, password: str | ScramKeys | None = None) -> None:
+        pool = self._pool
+        key = self._pool_key
+        assert pool is not None and key is not None
+        self._out.append(StartTimer(CHECKOUT_TIMER, pool.config.checkout_timeout))
+        pool.checkout(self, key, password)
+
+    def _attach(self, server: PooledServer) -> None:
+        """The pool hands this session ``server`` (checked, idle, verified)."""
+        if self.is_closed:
+            raise RuntimeError("a pooled connection was handed to a closed session")
+        self._out.append(CancelTimer(CHECKOUT_TIMER))
+        self._server = server
+        self.upstream = server.conn
+        self._attachments += 1
+        try:
+            if self.state is SessionState.CONNECTING:
+                self._pool_login(server)
+            else:
+                self._bind_cancel_key()
+                self._client_events()
+        except ProtocolError as exc:
+            self._client_broke(exc)
+        except Exception as exc:
+            self._internal_error(exc)
+        self._proxy._wake(self)
+
+    def _pool_login(self, server: PooledServer) -> None:
+        """The client's login ends on a pooled connection: it sees what a fresh
+        login reported (the key holds every startup parameter it sent)."""
+        pool = self._pool
+        assert pool is not None and self._pool_key is not None
+        self._params_view = dict(server.conn.frontend.parameters)
+        for name, value in self._params_view.items():
+            self._send_client(ParameterStatus(name=name, value=value))
+        pool.client_joined(self._pool_key)
+        self._issue_cancel_key()
+        self._login_complete(ReadyForQuery(status=TransactionStatus.IDLE))
+
+    def _bind_cancel_key(self) -> None:
+        key = self._cancel_key
+        upstream = self.upstream
+        if key is None:
+            return
+        server_key = upstream.frontend.backend_key if upstream is not None else None
+        self._proxy.cancel_keys.bind(key[0], None if server_key is None else UpstreamKey(
+            self._proxy.config.upstream, *server_key))
+
+    def _releasable(self) -> bool:
+        """Between transactions with nothing in flight: the connection may go back."""
+        upstream = self.upstream
+        return (upstream is not None and self.state is SessionState.READY
+                and not upstream.frontend.busy and not self._deferred and not self._hidden
+                and not self._query_backlog and self._held is None
+                and upstream.frontend.transaction_status == "I"
+                and self.transaction_status == "I")
+
+    def _detach(self) -> None:
+        """Give the connection back at the end of a transaction."""
+        server = self._server
+        pool = self._pool
+        assert server is not None and pool is not None and self.upstream is not None
+        self._flush_link(self.upstream, MAIN_LINK)
+        self._server = None
+        self.upstream = None
+        self._bind_cancel_key()
+        reset, self._pool_dirty = self._pool_dirty, set()
+        pool.release(server, ending=False, healthy=True, reset=reset)
+
+    def _pool_leave(self) -> None:
+        """The session ends: its connection goes back (reset) or is closed."""
+        pool = self._pool
+        assert pool is not None
+        self._out.append(CancelTimer(CHECKOUT_TIMER))
+        server = self._server
+        key = self._pool_key
+        if server is None:
+            if key is not None:
+                pool.cancel_wait(self)
+                if self.state is not SessionState.CONNECTING:
+                    pool.client_left(key)
+            return
+        upstream = self.upstream
+        assert upstream is not None and key is not None
+        healthy = (not self._fatal_from_upstream and upstream._channel.error is None
+                   and not self._hidden and not self._deferred and self._held is None)
+        with contextlib.suppress(ProtocolError):
+            self._flush_link(upstream, MAIN_LINK)
+        self._server = None
+        self.upstream = None
+        if self.state is not SessionState.CONNECTING:
+            pool.client_left(key)
+        reset = self._pool_dirty | self._pool_pins
+        pool.release(server, ending=True, healthy=healthy, reset=reset)
+
+    def _pool_failed(self, code: str, message: str, error: ErrorResponse | None = None) -> None:
+        """No connection for this session: the server refused the login, or the
+        pool could not open one."""
+        if self.is_closed:
+            return
+        if error is not None and error.severity in ("FATAL", "PANIC"):
+            self._send_client(error)
+            self._report_auth(False, sqlstate=error.code, message=error.message)
+            self._close(f"the server refused the login: {error.message}")
+        else:
+            self._fatal(code, message)
+        self._proxy._wake(self)
+
+    def _checkout_timed_out(self) -> None:
+        pool = self._pool
+        if pool is None or self._server is not None or self._pool_key is None:
+            return
+        pool.checkout_timed_out(self, self._pool_key)
+        self._fatal("53300", f"no server connection became free within "
+                    f"{pool.config.checkout_timeout:g} s (pool of "
+                    f"{pool.config.max_size} for {self._pool_key.label()})")
+
+    def _pool_note(self, counter: str) -> None:
+        if self._pool is not None and self._pool_key is not None:
+            self._pool.note(self._pool_key, counter)
+
     # -- helpers -----------------------------------------------------------------------
 
     def _inject_to_client(self, message: Message) -> None:
@@ -1238,7 +1446,10 @@ class Session:
     def _flush_link(self, link: ClientConnection, number: int) -> None:
         data = link.data_to_send()
         if data:
-            self._out.append(SendToUpstream(data, number))
+            if number == MAIN_LINK and self._pool is not None:
+                self._pool.write(link, data)
+            else:
+                self._out.append(SendToUpstream(data, number))
 
     def _take(self) -> list[Action]:
         if self.state != SessionState.CLOSED:
@@ -1304,7 +1515,7 @@ class Session:
 
     def _finish_with_terminate(self, reason: str) -> None:
         upstream = self.upstream
-        if upstream is not None:
+        if upstream is not None and self._pool is None:
             try:
                 if upstream.frontend.phase not in (Phase.CLOSED, Phase.STARTUP,
                                                    Phase.SSL_NEGOTIATION):
@@ -1322,8 +1533,10 @@ class Session:
             tls.close()  # close_notify: libpq treats a TLS end without it as an error
         with contextlib.suppress(ProtocolError):
             self._flush_client()
+        if self._pool is not None:
+            self._pool_leave()
         for link, conn in ((MAIN_LINK, self.upstream), (AUTH_LINK, self.auth_link)):
-            if conn is not None:
+            if conn is not None and (link != MAIN_LINK or self._pool is None):
                 self._out.append(CloseUpstream(link))
         self._out.append(CancelTimer(LOGIN_TIMER))
         if self._idle_armed:

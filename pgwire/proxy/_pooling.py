@@ -1,0 +1,285 @@
+"""The pool's own middleware: what a pooled session must watch on the wire.
+
+It is the innermost link of every pooled session's chain (next to the
+server) and does three things:
+
+- reads every Query and Parse for session state (``_pool_state``) and applies
+  the pool's policy in transaction mode: pin the client to its connection,
+  refuse the statement (0A000), or let it run and reset it when the
+  connection goes back; in session mode it only records what the reset at
+  the end must undo;
+- in transaction mode, renames protocol-level named prepared statements to
+  names of the pool's own (``pgwire_`` and a hash of the text and parameter
+  types, so equal statements of different clients share one server
+  statement) and prepares them again, unseen, on a connection that lacks
+  them when the client binds or describes them;
+- keeps the client's unnamed statement its own: a Bind of the unnamed
+  statement on a connection where this client did not parse it is
+  re-prepared from the client's last unnamed Parse, never run from what
+  another client left there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from ..middleware.base import Context, Middleware, Reject, Replace, SessionInfo, Verdict
+from ..protocol import (
+    Bind,
+    Close,
+    CommandComplete,
+    Describe,
+    ErrorResponse,
+    Message,
+    Parse,
+    ParseComplete,
+    Query,
+)
+from ._pool_state import analyze_session_state
+
+if TYPE_CHECKING:
+    from ._pool_config import PoolConfig
+
+__all__ = ["PoolMiddleware", "server_statement_name"]
+
+_PREFIX: Final = "pgwire_"
+#: A statement name no client or pool ever prepares: closing it answers
+#: CloseComplete and touches nothing.
+_NEVER: Final = "pgwire_never_prepared"
+_FORWARD: Final = 0
+_EAT: Final = 1           # a ParseComplete the pool caused: the client must not see it
+_AS_PARSE: Final = 2      # a CloseComplete standing in for a ParseComplete
+_DESCRIBE: Final = {"settings": "session-level SET", "role": "SET ROLE / SESSION AUTHORIZATION",
+                    "prepare": "PREPARE", "listen": "LISTEN", "temp": "a temporary object",
+                    "cursor": "a cursor WITH HOLD", "advisory": "a session-level advisory lock",
+                    "sequence": "nextval/setval", "unknown": "a statement whose effects the "
+                    "pool cannot see (DO, CALL, LOAD, unparseable text)"}
+
+
+def server_statement_name(parse: Parse) -> str:
+    """The pool's name for a statement: equal text and types, equal name."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(parse.query.encode("utf-8", "surrogatepass"))
+    for oid in parse.parameter_types:
+        digest.update(oid.to_bytes(4, "big"))
+    return _PREFIX + digest.hexdigest()
+
+
+class _State:
+    __slots__ = ("expect", "names", "parses", "unnamed", "unnamed_on")
+
+    def __init__(self) -> None:
+        #: Client statement name -> the pool's name for it.
+        self.names: dict[str, str] = {}
+        #: The pool's name -> the Parse that makes it (for re-preparing).
+        self.parses: dict[str, Parse] = {}
+        #: The client's last unnamed Parse, and the attachment it ran on.
+        self.unnamed: Parse | None = None
+        self.unnamed_on = -1
+        #: One entry per Parse or Close sent: (batch, what to do with its
+        #: answer, pool name it prepared or "", client name it created or "").
+        self.expect: deque[tuple[int, int, str, str]] = deque()
+
+
+class PoolMiddleware(Middleware[_State]):
+    """Session-state policy and statement renaming for pooled sessions."""
+
+    client_messages = frozenset({b"Q", b"P", b"B", b"D", b"C"})
+    server_messages = frozenset({b"1", b"3", b"C", b"E"})
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        self.transaction_mode = config.mode == "transaction"
+
+    def __repr__(self) -> str:
+        return "PoolMiddleware()"
+
+    def create_state(self, info: SessionInfo) -> _State:
+        return _State()
+
+    # -- client messages ---------------------------------------------------------------
+
+    def on_client_message(self, ctx: Context[_State], message: Message) -> Verdict:
+        if isinstance(message, Query):
+            return self._state_policy(ctx, message.query)
+        if isinstance(message, Parse):
+            verdict = self._state_policy(ctx, message.query)
+            if verdict is not None:
+                return verdict
+            if not self.transaction_mode:
+                if message.statement:
+                    ctx._session._pool_dirty.add("prepare")
+                return None
+            return self._parse(ctx, message)
+        if not self.transaction_mode:
+            return None
+        if isinstance(message, Bind):
+            return self._use(ctx, message, message.statement)
+        if isinstance(message, Describe):
+            return self._use(ctx, message, message.name) if message.kind == "S" else None
+        if isinstance(message, Close):
+            return self._close(ctx, message)
+        return None
+
+    def _state_policy(self, ctx: Context[_State], sql: str) -> Reject | None:
+        effects = analyze_session_state(sql)
+        if not effects.adds:
+            return None
+        session = ctx._session
+        if not self.transaction_mode:
+            session._pool_dirty |= effects.adds
+            return None
+        policy = self.config.policy
+        for kind in sorted(effects.adds):
+            if policy(kind) == "refuse":
+                session._pool_note("refused_statements")
+                return Reject("0A000", f"{_DESCRIBE[kind]} is not allowed through this "
+                              "transaction-mode pool",
+                              hint="Session state would outlive the transaction's server "
+                              "connection; use SET LOCAL or a session-mode pool.")
+        for kind in effects.adds:
+            if policy(kind) == "pin":
+                session._pool_pins.add(kind)
+            else:
+                session._pool_dirty.add(kind)
+        return None
+
+    def _batch(self, ctx: Context[_State]) -> int:
+        session = ctx._session
+        upstream = session.upstream
+        assert upstream is not None
+        return session._z_seen + upstream.frontend.pending_syncs
+
+    def _parse(self, ctx: Context[_State], message: Parse) -> Verdict:
+        state = ctx.state
+        session = ctx._session
+        batch = self._batch(ctx)
+        name = message.statement
+        if not name:
+            state.unnamed = message
+            state.unnamed_on = session._attachments
+            state.expect.append((batch, _FORWARD, "", ""))
+            return None
+        if name in state.names:
+            return Reject("42P05", f'prepared statement "{name}" already exists')
+        pool_name = server_statement_name(message)
+        state.names[name] = pool_name
+        server = session._server
+        assert server is not None
+        renamed = Parse(statement=pool_name, query=message.query,
+                        parameter_types=message.parameter_types)
+        state.parses[pool_name] = renamed
+        if pool_name in server.prepared:
+            state.expect.append((batch, _AS_PARSE, "", name))
+            return Replace(Close(kind="S", name=_NEVER))
+        server.prepared.add(pool_name)
+        state.expect.append((batch, _FORWARD, pool_name, name))
+        return Replace(renamed)
+
+    def _use(self, ctx: Context[_State], message: Bind | Describe, name: str) -> Verdict:
+        state = ctx.state
+        session = ctx._session
+        server = session._server
+        assert server is not None
+        if not name:
+            if state.unnamed_on == session._attachments:
+                return None
+            if state.unnamed is None:
+                return Reject("26000", "unnamed prepared statement does not exist")
+            state.unnamed_on = session._attachments
+            state.expect.append((self._batch(ctx), _EAT, "", ""))
+            session._pool_note("reprepared")
+            return Replace(state.unnamed, message)
+        pool_name = state.names.get(name)
+        if pool_name is None:
+            return None  # the server answers "does not exist", as for a direct client
+        renamed: Message = (Bind(portal=message.portal, statement=pool_name,
+                                 parameter_formats=message.parameter_formats,
+                                 parameters=message.parameters,
+                                 result_formats=message.result_formats)
+                            if isinstance(message, Bind) else Describe(kind="S", name=pool_name))
+        if pool_name in server.prepared:
+            return Replace(renamed)
+        parse = state.parses.get(pool_name)
+        if parse is None:
+            return Reject("26000", f'prepared statement "{name}" does not exist')
+        server.prepared.add(pool_name)
+        state.expect.append((self._batch(ctx), _EAT, pool_name, ""))
+        session._pool_note("reprepared")
+        return Replace(parse, renamed)
+
+    def _close(self, ctx: Context[_State], message: Close) -> Verdict:
+        state = ctx.state
+        batch = self._batch(ctx)
+        state.expect.append((batch, _FORWARD, "", ""))
+        if message.kind == "S":
+            if not message.name:
+                state.unnamed = None
+                state.unnamed_on = -1
+                return None
+            if state.names.pop(message.name, None) is not None:
+                # The pool keeps its statement for the next client that wants it.
+                return Replace(Close(kind="S", name=_NEVER))
+        return None
+
+    # -- server messages ---------------------------------------------------------------
+
+    def on_server_message(self, ctx: Context[_State], message: Message) -> Verdict:
+        code = message.type_code
+        state = ctx.state
+        if code == b"C":
+            assert isinstance(message, CommandComplete)
+            tag = message.tag
+            if tag in ("DISCARD ALL", "DEALLOCATE ALL"):
+                self._statements_gone(ctx, everything=tag == "DISCARD ALL")
+            return None
+        if code == b"E":
+            assert isinstance(message, ErrorResponse)
+            self._skipped(ctx)
+            return None
+        if not self.transaction_mode or not state.expect:
+            return None
+        _, action, _, _ = state.expect.popleft()
+        if action == _EAT:
+            return Replace()
+        if action == _AS_PARSE:
+            return Replace(ParseComplete())
+        return None
+
+    def _skipped(self, ctx: Context[_State]) -> None:
+        """An error: the rest of its batch is skipped, so are our entries."""
+        state = ctx.state
+        session = ctx._session
+        batch = session._z_seen
+        server = session._server
+        kept: deque[tuple[int, int, str, str]] = deque()
+        for entry in state.expect:
+            if entry[0] != batch:
+                kept.append(entry)
+                continue
+            _, _, pool_name, client_name = entry
+            if pool_name and server is not None:
+                server.prepared.discard(pool_name)
+            if client_name:
+                state.names.pop(client_name, None)
+        state.expect = kept
+
+    def _statements_gone(self, ctx: Context[_State], *, everything: bool) -> None:
+        session = ctx._session
+        state = ctx.state
+        server = session._server
+        if server is not None:
+            server.prepared.clear()
+        state.names.clear()
+        state.unnamed = None
+        state.unnamed_on = -1
+        if everything:
+            session._pool_pins.clear()
+            session._pool_dirty.clear()
+            if server is not None:
+                server.dirty.clear()
+        else:
+            session._pool_pins.discard("prepare")
+            session._pool_dirty.discard("prepare")
