@@ -422,7 +422,7 @@ class Pool:
                 # Verify first; the session stays first in line for it.
                 pool.waiters.appendleft((session, since))
                 self._verify(server)
-                continue
+                return
             self._give(pool, server, session, since)
 
     def _pick(self, pool: _KeyPool, session: Session) -> PooledServer | None:

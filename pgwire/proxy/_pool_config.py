@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Literal
 
+from ._pool_state import SESSION_STATE_KINDS
+
 __all__ = ["DEFAULT_SESSION_STATE", "SESSION_STATE_KINDS", "PoolConfig", "PoolMode",
            "StatePolicy"]
 
@@ -20,9 +22,6 @@ PoolMode = Literal["session", "transaction"]
 #:   back to the pool at the end of the transaction (so it does not outlive it).
 StatePolicy = Literal["pin", "refuse", "reset"]
 
-#: The kinds of session state the pool tells apart (see ``pgwire.proxy._pool_state``).
-SESSION_STATE_KINDS: Final = ("settings", "role", "prepare", "listen", "temp", "cursor",
-                              "advisory", "sequence", "unknown")
 #: Defaults: keep everything a client builds, except sequence state (currval),
 #: which is not worth a server connection.
 DEFAULT_SESSION_STATE: Final[Mapping[str, StatePolicy]] = MappingProxyType({

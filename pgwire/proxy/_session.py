@@ -1036,10 +1036,13 @@ class Session:
         if self._draining and self._at_rest():
             self._fatal("57P01", "terminating connection due to administrator command")
             return
-        if self._server is not None and not self._pool_pins and (
+        if self._server is not None and (
             self._pool is not None and self._pool.config.mode == "transaction"
         ) and self._releasable():
-            self._detach()
+            if self._pool_pins:
+                self._pool_note("pinned_transactions")
+            else:
+                self._detach()
         config = self._proxy.config
         seconds = config.idle_timeout if self.transaction_status == "I" else (
             config.idle_in_transaction_timeout)
