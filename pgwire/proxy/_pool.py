@@ -289,11 +289,8 @@ class Pool:
             return
         pool.waiters.append((session, self._clock()))
         self._serve(pool)
-        if any(w is session for w, _ in pool.waiters):
-            if not self._opening(pool) and len(pool.servers) < self.config.max_size:
-                self._open(pool, session)
-            elif len(pool.waiters) > self._opening(pool):
-                pool.stats.waits += 1
+        if any(w is session for w, _ in pool.waiters) and not self._grow(pool):
+            pool.stats.waits += 1
 
     def cancel_wait(self, session: Session) -> None:
         """``session`` gave up waiting (it closed, or its checkout timer ran out)."""
@@ -406,8 +403,25 @@ class Pool:
         self._by_conn[id(conn)] = server
         self._emit(OpenUpstream(server.id, config.upstream, config.connect_timeout))
 
+    def _grow(self, pool: _KeyPool) -> bool:
+        """Open connections for waiters no opening one will serve (within
+        ``max_size``); False if some waiter must wait for a busy one."""
+        waiting = len(pool.waiters) - self._opening(pool)
+        while waiting > 0 and len(pool.servers) < self.config.max_size and (
+            not self.shutting_down
+        ):
+            self._open(pool, pool.waiters[-waiting][0])
+            waiting -= 1
+        return waiting <= 0
+
     def _serve(self, pool: _KeyPool) -> None:
-        """Hand idle connections to waiting sessions, oldest waiter first."""
+        """Hand idle connections to waiting sessions, oldest waiter first; open
+        more for the rest while ``max_size`` allows."""
+        self._hand_out(pool)
+        if pool.waiters:
+            self._grow(pool)
+
+    def _hand_out(self, pool: _KeyPool) -> None:
         while pool.waiters:
             session, since = pool.waiters[0]
             server = self._pick(pool, session)
@@ -597,8 +611,8 @@ class Pool:
         if waiter is not None and any(w is waiter for w, _ in pool.waiters):
             self.cancel_wait(waiter)
             waiter._pool_failed(code, message, error)
-        if pool.waiters and not self._opening(pool) and len(pool.servers) < self.config.max_size:
-            self._open(pool, pool.waiters[0][0])
+        if pool.waiters:
+            self._grow(pool)
 
     def _broken(self, server: PooledServer, why: str) -> None:
         if server.state in (ServerState.CONNECTING, ServerState.LOGIN) or (

@@ -72,6 +72,7 @@ of the statements or functions above skips the tree walk altogether.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -189,7 +190,18 @@ def _analyze(sql: str) -> StateEffects:
     return _analyze_text(sql)
 
 
+#: Text with none of these (in any case) can create no session state if the server
+#: accepts it, and none if it rejects it: every statement kind and function above
+#: needs one of them spelled out, since keywords cannot be escaped and a ``U&``
+#: identifier (which could spell a function name) sends the text to the parser.
+_WORDS: Final = re.compile(
+    r"set|prepare|listen|declare|hold|do|call|load|discard|temp|advisory|nextval|u&",
+    re.IGNORECASE)
+
+
 def _analyze_text(sql: str) -> StateEffects:
+    if _WORDS.search(sql) is None:
+        return _NOTHING
     parser = _parser()
     try:
         text: str = parser.parse_sql_json(sql)

@@ -167,6 +167,7 @@ class Session:
         "_cancel_key",
         "_cancel_route",
         "_chain",
+        "_checkout_armed",
         "_client_auth_method",
         "_deferred",
         "_draining",
@@ -276,6 +277,7 @@ class Session:
         self._server: PooledServer | None = None
         self._pool_key: PoolKey | None = None
         self._attachments = 0
+        self._checkout_armed = False
         self._held: object = None
         self._params_view: dict[str, str] = {}
         self._pool_pins: set[str] = set()
@@ -447,6 +449,7 @@ class Session:
         if self.is_closed:
             return []
         if name == CHECKOUT_TIMER:
+            self._checkout_armed = False
             self._checkout_timed_out()
             return self._take()
         if name == LOGIN_TIMER and self.state is not SessionState.READY:
@@ -1304,14 +1307,19 @@ class Session:
         pool = self._pool
         key = self._pool_key
         assert pool is not None and key is not None
-        self._out.append(StartTimer(CHECKOUT_TIMER, pool.config.checkout_timeout))
         pool.checkout(self, key, password)
+        if self._server is None and not self.is_closed:
+            # Not handed a connection at once: wait, but not forever.
+            self._checkout_armed = True
+            self._out.append(StartTimer(CHECKOUT_TIMER, pool.config.checkout_timeout))
 
     def _attach(self, server: PooledServer) -> None:
         """The pool hands this session ``server`` (checked, idle, verified)."""
         if self.is_closed:
             raise RuntimeError("a pooled connection was handed to a closed session")
-        self._out.append(CancelTimer(CHECKOUT_TIMER))
+        if self._checkout_armed:
+            self._checkout_armed = False
+            self._out.append(CancelTimer(CHECKOUT_TIMER))
         self._server = server
         self.upstream = server.conn
         self._attachments += 1
@@ -1373,7 +1381,9 @@ class Session:
         """The session ends: its connection goes back (reset) or is closed."""
         pool = self._pool
         assert pool is not None
-        self._out.append(CancelTimer(CHECKOUT_TIMER))
+        if self._checkout_armed:
+            self._checkout_armed = False
+            self._out.append(CancelTimer(CHECKOUT_TIMER))
         server = self._server
         key = self._pool_key
         if server is None:

@@ -299,9 +299,15 @@ CASES: list[Case] = [
     case("UPDATE pg_settings SET setting = '1MB' WHERE name = 'work_mem'", "unknown"),
     case("WITH u AS (UPDATE pg_catalog.pg_settings SET setting = '1' WHERE name = $1 "
          "RETURNING 1) SELECT 1", "unknown"),
-    case("SELEC 1", "unknown"),
-    case("SELECT 'unterminated", "unknown"),
-    case("SELECT '\ud800'", "unknown"),  # a lone surrogate: no server would get this text
+    # Text that names none of the words a state change needs is not parsed: the
+    # server rejects it (nothing created) or runs it (nothing created either).
+    case("SELEC 1"),
+    case("SELECT 'unterminated"),
+    case("SELECT '\ud800'"),  # a lone surrogate: no server would get this text
+    case("SELEC 1 -- set role", "unknown"),
+    case("SELECT 'unterminated temp", "unknown"),
+    case("SELECT '\ud800' AS nextval", "unknown"),
+    case(r'SELECT U&"\0073etval"(1)', "sequence"),  # an escaped name goes to the parser
     case("SET ROLE x; SELEC 1", "unknown"),  # one bad statement: the text does not parse
     # -- DISCARD ALL ---------------------------------------------------------------------
     case("DISCARD ALL", discard_all=True),
