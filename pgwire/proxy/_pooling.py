@@ -33,6 +33,7 @@ from ..protocol import (
     Describe,
     ErrorResponse,
     Message,
+    ParameterStatus,
     Parse,
     ParseComplete,
     Query,
@@ -87,7 +88,7 @@ class PoolMiddleware(Middleware[_State]):
     """Session-state policy and statement renaming for pooled sessions."""
 
     client_messages = frozenset({b"Q", b"P", b"B", b"D", b"C"})
-    server_messages = frozenset({b"1", b"3", b"C", b"E"})
+    server_messages = frozenset({b"1", b"3", b"C", b"E", b"S"})
 
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
@@ -229,6 +230,12 @@ class PoolMiddleware(Middleware[_State]):
     def on_server_message(self, ctx: Context[_State], message: Message) -> Verdict:
         code = message.type_code
         state = ctx.state
+        if code == b"S":
+            # What the client was told: a connection it lands on later reports
+            # the difference (see Session._attach).
+            assert isinstance(message, ParameterStatus)
+            ctx._session._params_view[message.name] = message.value
+            return None
         if code == b"C":
             assert isinstance(message, CommandComplete)
             tag = message.tag

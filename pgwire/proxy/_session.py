@@ -1328,6 +1328,7 @@ class Session:
                 self._pool_login(server)
             else:
                 self._bind_cancel_key()
+                self._report_parameters(server)
                 self._client_events()
         except ProtocolError as exc:
             self._client_broke(exc)
@@ -1346,6 +1347,16 @@ class Session:
         pool.client_joined(self._pool_key)
         self._issue_cancel_key()
         self._login_complete(ReadyForQuery(status=TransactionStatus.IDLE))
+
+    def _report_parameters(self, server: PooledServer) -> None:
+        """Parameters that differ on this connection from what the client was told
+        (a setting reset at the end of its last transaction): tell it, as a
+        server reports a change."""
+        view = self._params_view
+        for name, value in server.conn.frontend.parameters.items():
+            if view.get(name) != value:
+                view[name] = value
+                self._send_client(ParameterStatus(name=name, value=value))
 
     def _bind_cancel_key(self) -> None:
         key = self._cancel_key
