@@ -1209,10 +1209,12 @@ class Session:
             self._hidden.append((self._z_seen + self._z_arriving + before, collector))
 
     def _query(self, sql: str, then: Callable[[QueryResult], None]) -> None:
-        if self.state is not SessionState.READY or self._relay is not None:
+        if self.state is not SessionState.READY or self._relay is not None or (
+            self.upstream is None
+        ):
             raise RuntimeError("ctx.query() needs a logged-in session whose middleware "
-                               "reads messages (call it from on_authenticated or a "
-                               "message hook)")
+                               "reads messages and that holds its server connection "
+                               "(call it from on_authenticated or a message hook)")
         collector = _Collector(sql, then)
         upstream = self.upstream
         assert upstream is not None
