@@ -71,6 +71,12 @@ _RESET_SQL: Final = (
 _KNOWN_KINDS: Final = frozenset(kind for kind, _ in _RESET_SQL)
 
 
+def _broken(conn: ClientConnection) -> bool:
+    """The connection holds a protocol or TLS error: it can never be used again."""
+    return (conn._error is not None or conn.frontend._error is not None
+            or conn._channel.error is not None)
+
+
 class ServerState:
     """Where a pooled server connection is (strings, for stats and logs)."""
 
@@ -123,11 +129,12 @@ class PoolKeyStats:
 class _Task:
     """Queries the pool runs on a connection of its own, then ``then(ok)``."""
 
-    __slots__ = ("error", "expect", "fatal", "queries", "rows", "then")
+    __slots__ = ("error", "expect", "fatal", "queries", "reset", "rows", "then")
 
     def __init__(self, queries: list[str], expect: tuple[str, str] | None,
                  then: Callable[[bool], None]) -> None:
         self.queries = len(queries)
+        self.reset = len(queries) > 1
         self.expect = expect
         self.then = then
         self.rows: list[tuple[str | None, ...]] = []
@@ -324,7 +331,9 @@ class Pool:
         server.session = None
         pool = self._keys[server.key]
         conn = server.conn
-        if not healthy or conn.frontend.phase is not Phase.READY or conn.frontend.busy or (
+        if not healthy or _broken(conn) or conn.frontend.phase is not Phase.READY or (
+            conn.frontend.busy
+        ) or (
             conn.frontend.transaction_status != "I"
         ) or self.shutting_down or self._expired(server):
             self._close(server)
@@ -480,8 +489,12 @@ class Pool:
              then: Callable[[bool], None]) -> None:
         server.state = ServerState.CHECKING
         server.task = _Task(queries, expect, then)
-        for sql in queries:
-            server.conn.send(Query(query=sql))
+        try:
+            for sql in queries:
+                server.conn.send(Query(query=sql))
+        except ProtocolError as exc:  # the connection broke while nobody looked
+            self._broken(server, exc.message)
+            return
         self._flush(server)
 
     def _reset(self, server: PooledServer, everything: bool) -> None:
@@ -521,6 +534,7 @@ class Pool:
                 server.checked = True
                 self._idle(server)
             else:
+                pool.stats.failed_verifications += 1
                 self._close(server)
                 self._serve(pool)
 
@@ -529,7 +543,9 @@ class Pool:
     def _logged_in(self, server: PooledServer) -> None:
         def done(ok: bool) -> None:
             task_rows = rows
-            if not ok or len(task_rows) != 1 or None in task_rows[0]:
+            if not ok or len(task_rows) != 1 or len(task_rows[0]) != 2 or (
+                None in task_rows[0]
+            ):
                 self._login_failed(server, "08006", "the new server connection did not "
                                    "answer the pool's baseline query")
                 return
@@ -581,8 +597,11 @@ class Pool:
                 row = conn.frontend.decode(event) if isinstance(event, RawMessage) else event
                 assert isinstance(row, DataRow)
                 encoding = conn.frontend.encoding
-                task.rows.append(tuple(None if v is None else bytes(v).decode(encoding)
-                                       for v in row.values))
+                try:
+                    task.rows.append(tuple(None if v is None else bytes(v).decode(encoding)
+                                           for v in row.values))
+                except UnicodeDecodeError:
+                    task.error = f"an answer not in the {encoding} encoding"
             elif code == b"E":
                 error = conn.frontend.decode(event) if isinstance(event, RawMessage) else event
                 assert isinstance(error, ErrorResponse)
@@ -596,8 +615,6 @@ class Pool:
                 ok = task.error is None and conn.frontend.transaction_status == "I"
                 if ok and task.expect is not None:
                     ok = len(task.rows) == 1 and task.rows[-1] == task.expect
-                    if not ok:
-                        self._keys[server.key].stats.failed_verifications += 1
                 task.then(ok)
         self._flush(server)
 
@@ -622,6 +639,12 @@ class Pool:
             return
         self._proxy.stats.upstream_errors += 1
         pool = self._keys[server.key]
+        task = server.task
+        if task is not None:  # the connection died under a reset or a verification
+            if task.reset:
+                pool.stats.failed_resets += 1
+            else:
+                pool.stats.failed_verifications += 1
         self._close(server)
         self._serve(pool)
 

@@ -176,6 +176,7 @@ class Session:
         "_hidden",
         "_idle_armed",
         "_jobs",
+        "_leaving",
         "_looked_up",
         "_next_job",
         "_out",
@@ -278,6 +279,8 @@ class Session:
         self._pool_key: PoolKey | None = None
         self._attachments = 0
         self._checkout_armed = False
+        #: Why the client left while its requests still ran (pooled sessions).
+        self._leaving: str | None = None
         self._held: object = None
         self._params_view: dict[str, str] = {}
         self._pool_pins: set[str] = set()
@@ -326,6 +329,8 @@ class Session:
         """Bytes read from the client (``b""``: it closed)."""
         if self.is_closed:
             return []
+        if self._leaving is not None:
+            return self._take()  # it said goodbye: nothing after that counts
         if self._relay is not None:
             try:
                 self._relay_client_data(data)
@@ -378,7 +383,7 @@ class Session:
             upstream = self.upstream
             assert upstream is not None
             if event.type_code == b"X":
-                self._finish_with_terminate("client terminated the session")
+                self._client_left("client terminated the session")
                 return False
             upstream.send(event)
             return True
@@ -522,7 +527,7 @@ class Session:
             if chunks:
                 upstream._channel.write(b"".join(chunks))
         if type(event) is RawMessage:
-            self._finish_with_terminate("client terminated the session")
+            self._client_left("client terminated the session")
         elif event is not NEED_DATA:
             self._client_event(event)
             if not self.is_closed:
@@ -546,7 +551,7 @@ class Session:
         elif isinstance(event, ConnectionClosed):
             if state is SessionState.CANCEL:
                 return  # the client need not wait for the cancel to be delivered
-            self._finish_with_terminate("client closed the connection")
+            self._client_left("client closed the connection")
         elif isinstance(event, Authenticated):
             self._client_authenticated(event)
         elif isinstance(event, LoginFailed):
@@ -1029,6 +1034,9 @@ class Session:
             self._deferred
         ):
             return
+        if self._leaving is not None and not self._requests_open():
+            self._close(self._leaving)
+            return
         if self._rejects and not self._requests_open():
             # Nothing is in flight: a rejection whose error never came (the server
             # skipped it after an earlier error) will not come now. (An open
@@ -1166,7 +1174,7 @@ class Session:
         upstream = self.upstream
         assert upstream is not None
         if isinstance(message, Terminate):
-            self._finish_with_terminate("client terminated the session")
+            self._client_left("client terminated the session")
             return
         upstream.send(message)
         if self._query_backlog:
@@ -1462,7 +1470,8 @@ class Session:
         return True
 
     def _send_client(self, message: Message | RawMessage) -> None:
-        self.client.send(message)
+        if self._leaving is None:  # else nobody is there to read it
+            self.client.send(message)
 
     def _flush_client(self) -> None:
         data = self.client.data_to_send()
@@ -1538,6 +1547,18 @@ class Session:
         except ProtocolError:
             pass  # the client's side is past receiving anything
         self._finish_with_terminate(message)
+
+    def _client_left(self, reason: str) -> None:
+        """The client said Terminate or closed its end. A pooled session whose
+        requests are still running waits for their answers first (as a server
+        runs a query that came before Terminate), so the connection goes back
+        to the pool at rest instead of being closed mid-request."""
+        if self._pool is not None and self._server is not None and self._requests_open() and (
+            not self._fatal_from_upstream
+        ):
+            self._leaving = reason
+            return
+        self._finish_with_terminate(reason)
 
     def _finish_with_terminate(self, reason: str) -> None:
         upstream = self.upstream
