@@ -463,8 +463,8 @@ class Pool:
               since: float) -> None:
         server.state = ServerState.ACTIVE
         server.session = session
-        if server.last_session != session.session_id:
-            server.checked = False
+        # Whatever the session does now is unverified, whoever it is.
+        server.checked = False
         server.last_session = session.session_id
         pool.stats.checkouts += 1
         waited = self._clock() - since
@@ -610,6 +610,7 @@ class Pool:
             elif code == b"Z":
                 task.queries -= 1
                 if task.queries:
+                    task.rows.clear()  # only the last query's rows are compared
                     continue
                 server.task = None
                 ok = task.error is None and conn.frontend.transaction_status == "I"

@@ -125,22 +125,26 @@ class PoolMiddleware(Middleware[_State]):
         return None
 
     def _state_policy(self, ctx: Context[_State], sql: str) -> Reject | None:
-        effects = analyze_session_state(sql)
-        if not effects.adds:
+        return self._apply(ctx, analyze_session_state(sql).adds)
+
+    def _apply(self, ctx: Context[_State], adds: frozenset[str]) -> Reject | None:
+        """The policy for the session state kinds a statement creates (when it is
+        parsed, and again each time a statement parsed earlier runs)."""
+        if not adds:
             return None
         session = ctx._session
         if not self.transaction_mode:
-            session._pool_dirty |= effects.adds
+            session._pool_dirty |= adds
             return None
         policy = self.config.policy
-        for kind in sorted(effects.adds):
+        for kind in sorted(adds):
             if policy(kind) == "refuse":
                 session._pool_note("refused_statements")
                 return Reject("0A000", f"{_DESCRIBE[kind]} is not allowed through this "
                               "transaction-mode pool",
                               hint="Session state would outlive the transaction's server "
                               "connection; use SET LOCAL or a session-mode pool.")
-        for kind in effects.adds:
+        for kind in adds:
             if policy(kind) == "pin":
                 session._pool_pins.add(kind)
             else:
@@ -184,6 +188,12 @@ class PoolMiddleware(Middleware[_State]):
         session = ctx._session
         server = session._server
         assert server is not None
+        if isinstance(message, Bind):
+            # The statement runs again: so does what it does to the session.
+            source = state.unnamed if not name else state.parses.get(
+                state.names.get(name, ""))
+            if source is not None:
+                self._apply(ctx, analyze_session_state(source.query).adds)
         if not name:
             if state.unnamed_on == session._attachments:
                 return None
