@@ -22,10 +22,19 @@ server) and does three things:
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
-from ..middleware.base import Context, Middleware, Reject, Replace, SessionInfo, Verdict
+from ..middleware.base import (
+    Context,
+    Middleware,
+    Reject,
+    Replace,
+    Respond,
+    SessionInfo,
+    Verdict,
+)
 from ..protocol import (
     Bind,
     Close,
@@ -37,7 +46,10 @@ from ..protocol import (
     Parse,
     ParseComplete,
     Query,
+    ReadyForQuery,
+    TransactionStatus,
 )
+from ..roles._sql import _parser
 from ._pool_state import analyze_session_state
 
 if TYPE_CHECKING:
@@ -104,6 +116,12 @@ class PoolMiddleware(Middleware[_State]):
 
     def on_client_message(self, ctx: Context[_State], message: Message) -> Verdict:
         if isinstance(message, Query):
+            if self.transaction_mode and ctx.state.names and (
+                "deallocate" in message.query.lower()
+            ):
+                answer = self._deallocate(ctx, message.query)
+                if answer is not None:
+                    return answer
             return self._state_policy(ctx, message.query)
         if isinstance(message, Parse):
             verdict = self._state_policy(ctx, message.query)
@@ -150,6 +168,28 @@ class PoolMiddleware(Middleware[_State]):
             else:
                 session._pool_dirty.add(kind)
         return None
+
+    def _deallocate(self, ctx: Context[_State], sql: str) -> Respond | None:
+        """``DEALLOCATE name`` of a protocol-level statement (psycopg sends it
+        when its statement cache is full): the server knows the statement
+        by the pool's name only, so the pool answers for it, as the server
+        would (the server's statement stays for other clients)."""
+        parser = _parser()
+        try:
+            tree = json.loads(parser.parse_sql_json(sql))
+        except (parser.ParseError, UnicodeError, RecursionError, ValueError):
+            return None
+        statements = tree.get("stmts", ())
+        if len(statements) != 1:
+            return None
+        body = statements[0].get("stmt", {}).get("DeallocateStmt")
+        name = body.get("name") if isinstance(body, dict) else None
+        status = ctx.transaction_status
+        if not isinstance(name, str) or name not in ctx.state.names or status == "E":
+            return None
+        del ctx.state.names[name]
+        return Respond(CommandComplete(tag="DEALLOCATE"),
+                       ReadyForQuery(status=TransactionStatus(status)))
 
     def _batch(self, ctx: Context[_State]) -> int:
         session = ctx._session

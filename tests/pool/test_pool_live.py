@@ -496,6 +496,41 @@ def test_prepared_statements_psycopg(start_pool: StartPool, live_db: PostgresClu
     assert row["failed_verifications"] == 0, row
 
 
+def test_sql_deallocate_of_a_protocol_statement(start_pool: StartPool,
+                                                live_db: PostgresCluster) -> None:
+    """DEALLOCATE of a name the client prepared with Parse (psycopg sends it when
+    its statement cache is full, with libpq before 17): the server knows the
+    statement by the pool's name only, so the pool answers it; the name is
+    free again afterwards and the client's other statements still run, on
+    either connection."""
+    proxy = start_pool(PoolConfig(mode="transaction", max_size=2), PASSWORDS)
+    with contextlib.ExitStack() as stack:
+        holders = psycopg_holders(stack, proxy)
+        client = stack.enter_context(raw_client(proxy.address))
+        client.login()
+        client.send(pw.Parse(statement="s1", query="select 1", parameter_types=()),
+                    pw.Parse(statement="s2", query="select 2", parameter_types=()),
+                    pw.Sync())
+        assert [type(m).__name__ for m in client.events_until(lambda e: isinstance(e, pw.ReadyForQuery))] == [
+            "ParseComplete", "ParseComplete", "ReadyForQuery"]
+        assert [type(m).__name__ for m in client.query("DEALLOCATE s1")] == [
+            "CommandComplete", "ReadyForQuery"]
+        assert [type(m).__name__ for m in client.query("deallocate prepare \"s1\"")][0] == (
+            "ErrorResponse")  # gone, as on the server: 26000
+        pid = int(client.scalar("select pg_backend_pid()"))
+        with holders.occupy(pid):
+            client.send(pw.Bind(portal="", statement="s2", parameter_formats=(),
+                                parameters=(), result_formats=()),
+                        pw.Execute(portal="", max_rows=0), pw.Sync())
+            answer = client.events_until(lambda e: isinstance(e, pw.ReadyForQuery))
+            rows = [m for m in answer if isinstance(m, pw.DataRow)]
+            assert [bytes(v) for v in rows[0].values if v is not None] == [b"2"], answer
+            client.send(pw.Parse(statement="s1", query="select 11", parameter_types=()),
+                        pw.Sync())
+            assert [type(m).__name__ for m in client.events_until(lambda e: isinstance(e, pw.ReadyForQuery))] == [
+                "ParseComplete", "ReadyForQuery"]
+
+
 def test_prepared_statements_asyncpg(start_pool: StartPool, live_db: PostgresCluster) -> None:
     """asyncpg prepares every statement by name: conn.prepare() (Parse and
     Describe), executed later on another connection, where it is prepared again."""
