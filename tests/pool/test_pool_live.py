@@ -496,6 +496,14 @@ def test_prepared_statements_psycopg(start_pool: StartPool, live_db: PostgresClu
     assert row["failed_verifications"] == 0, row
 
 
+def names(events: Sequence[object]) -> list[str]:
+    return [type(event).__name__ for event in events]
+
+
+def until_ready(client: RawClient) -> list[object]:
+    return list(client.events_until(lambda e: isinstance(e, pw.ReadyForQuery)))
+
+
 def test_sql_deallocate_of_a_protocol_statement(start_pool: StartPool,
                                                 live_db: PostgresCluster) -> None:
     """DEALLOCATE of a name the client prepared with Parse (psycopg sends it when
@@ -511,24 +519,21 @@ def test_sql_deallocate_of_a_protocol_statement(start_pool: StartPool,
         client.send(pw.Parse(statement="s1", query="select 1", parameter_types=()),
                     pw.Parse(statement="s2", query="select 2", parameter_types=()),
                     pw.Sync())
-        assert [type(m).__name__ for m in client.events_until(lambda e: isinstance(e, pw.ReadyForQuery))] == [
-            "ParseComplete", "ParseComplete", "ReadyForQuery"]
-        assert [type(m).__name__ for m in client.query("DEALLOCATE s1")] == [
-            "CommandComplete", "ReadyForQuery"]
-        assert [type(m).__name__ for m in client.query("deallocate prepare \"s1\"")][0] == (
-            "ErrorResponse")  # gone, as on the server: 26000
+        assert names(until_ready(client)) == ["ParseComplete", "ParseComplete", "ReadyForQuery"]
+        assert names(client.query("DEALLOCATE s1")) == ["CommandComplete", "ReadyForQuery"]
+        # Gone, as on the server.
+        assert names(client.query('deallocate prepare "s1"'))[0] == "ErrorResponse"
         pid = int(client.scalar("select pg_backend_pid()"))
         with holders.occupy(pid):
             client.send(pw.Bind(portal="", statement="s2", parameter_formats=(),
                                 parameters=(), result_formats=()),
                         pw.Execute(portal="", max_rows=0), pw.Sync())
-            answer = client.events_until(lambda e: isinstance(e, pw.ReadyForQuery))
+            answer = until_ready(client)
             rows = [m for m in answer if isinstance(m, pw.DataRow)]
             assert [bytes(v) for v in rows[0].values if v is not None] == [b"2"], answer
             client.send(pw.Parse(statement="s1", query="select 11", parameter_types=()),
                         pw.Sync())
-            assert [type(m).__name__ for m in client.events_until(lambda e: isinstance(e, pw.ReadyForQuery))] == [
-                "ParseComplete", "ReadyForQuery"]
+            assert names(until_ready(client)) == ["ParseComplete", "ReadyForQuery"]
 
 
 def test_prepared_statements_asyncpg(start_pool: StartPool, live_db: PostgresCluster) -> None:
