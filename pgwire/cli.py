@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .proxy.config_file import ADAPTER_NAMES, LOG_LEVELS, ConfigError, Override
+from .proxy.config_file import ADAPTER_NAMES, LOG_LEVELS, POOL_MODES, ConfigError, Override
 
 __all__ = ["main", "proxy_overrides"]
 
@@ -61,6 +61,17 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="passthrough: relay the client's login to the server; proxy: "
                             "check clients against [auth] in the file")
     proxy.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    proxy.add_argument("--pool-mode", choices=POOL_MODES,
+                       help="pool server connections (needs proxy auth): a client keeps one "
+                            "for its session, or only for each transaction")
+    proxy.add_argument("--pool-size", metavar="N", type=int,
+                       help="server connections per pool key at most (default 20; turns "
+                            "the pool on)")
+    proxy.add_argument("--admin", metavar="HOST:PORT",
+                       help="serve the admin console (SHOW POOLS ...) there; users come "
+                            "from [admin.users] in the file")
+    proxy.add_argument("--metrics", metavar="HOST:PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics")
 
     demo = commands.add_parser("demo", help="see the proxy work in front of a throwaway "
                                             "PostgreSQL", description=_DEMO_HELP,
@@ -159,6 +170,14 @@ def proxy_overrides(args: argparse.Namespace) -> tuple[Override, ...]:
         found.append(Override("auth.mode", "proxy", "--auth"))
     if args.log_level is not None:
         found.append(Override("log_level", args.log_level, "--log-level"))
+    if args.pool_mode is not None:
+        found.append(Override("pool.mode", args.pool_mode, "--pool-mode"))
+    if args.pool_size is not None:
+        found.append(Override("pool.max_size", args.pool_size, "--pool-size"))
+    if args.admin is not None:
+        found.append(Override("admin.listen", args.admin, "--admin"))
+    if args.metrics is not None:
+        found.append(Override("metrics.listen", args.metrics, "--metrics"))
     return tuple(found)
 
 

@@ -292,7 +292,7 @@ def test_mistakes_name_the_file_the_key_and_what_was_expected(
     (UPSTREAM + '[auth]\nmode = "proxy"\n[auth.query]\nusr = "x"\n',
      'auth.query.usr: unknown key (did you mean "user"?)'),
     (UPSTREAM + "colour = 1\n", "colour: unknown key; this table takes: "),
-    (UPSTREAM + "[pool]\nsize = 3\n", "pool: unknown key; this table takes: "),
+    (UPSTREAM + "[pool]\nsize = 3\n", 'pool.size: unknown key (did you mean "max_size"?)'),
 ])
 def test_unknown_keys_are_errors_with_a_suggestion(
     tmp_path: Path, text: str, expected: str,

@@ -282,6 +282,34 @@ class AsyncioProxy:
         if not self._stopped.done():
             self._stopped.set_result(None)
 
+    def snapshot(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The proxy's state now as plain data (:func:`pgwire.proxy.snapshot`),
+        from any thread: taken on the event loop, waiting at most ``timeout``
+        seconds for it (TimeoutError). On the loop's own thread it is taken
+        at once."""
+        from ..proxy._metrics import snapshot  # noqa: PLC0415 - observability only
+
+        try:
+            on_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            return snapshot(self.proxy)
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+        def take() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(snapshot(self.proxy))
+                except Exception as exc:
+                    future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(take)
+        try:
+            return future.result(timeout)
+        finally:
+            future.cancel()
+
 
 class _Accepted(_Side):
     """The client's side: the session starts when the connection is made."""

@@ -643,6 +643,15 @@ class BlockingProxy:
             self._hurried = True
             self._changed.notify_all()
 
+    def snapshot(self) -> dict[str, Any]:
+        """The proxy's state now as plain data (:func:`pgwire.proxy.snapshot`),
+        from any thread, taken under the engine lock (so never call it from
+        engine code, such as a middleware hook, which already holds it)."""
+        from ..proxy._metrics import snapshot  # noqa: PLC0415 - observability only
+
+        with self.lock:
+            return snapshot(self.proxy)
+
 
 def start_proxy(config: ProxyConfig, listen: Sequence[Address], *, reuse_port: bool = False,
                 job_threads: int = 4) -> BlockingProxy:

@@ -4,7 +4,10 @@
 one line when the proxy listens, and runs until SIGINT or SIGTERM. The first
 signal shuts down gracefully (idle sessions end at once with 57P01, busy ones
 when their transaction ends, all of them after ``shutdown_timeout``); a
-second one ends every session at once.
+second one ends every session at once. With ``[admin]`` or ``[metrics]`` in
+the configuration it also runs the admin console and the Prometheus endpoint
+(:mod:`pgwire.adapters.admin`) beside the proxy, printing one more line for
+each, and closes them once the proxy has stopped.
 
 With ``workers > 1`` (asyncio only) the process becomes a parent of that many
 worker processes. They share the listen ports through ``SO_REUSEPORT``, so
@@ -29,18 +32,22 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from queue import Empty
 from types import FrameType
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from ..proxy import Address, ProxyConfig, format_address
 from ..proxy.config_file import ConfigError, Override, ProxyFile, describe_listen, load_config
 from ..proxy.config_file import parse_config as parse_config_data
 from .asyncio import AsyncioProxy, start_proxy
 from .asyncio import run as run_on_loop
+
+if TYPE_CHECKING:
+    from .admin import AdminServer, MetricsServer
 
 __all__ = ["ConfigSource", "configure_logging", "listening_message", "serve"]
 
@@ -109,6 +116,43 @@ def _fail(message: str) -> int:
     return 1
 
 
+class _Consoles:
+    """The admin console and the metrics endpoint, when the configuration has them."""
+
+    def __init__(self, settings: ProxyFile, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """Start them (raises OSError naming the address that cannot be listened on)."""
+        self.admin: AdminServer | None = None
+        self.metrics: MetricsServer | None = None
+        if settings.admin is None and settings.metrics_listen is None:
+            return
+        from .admin import serve_admin, serve_metrics  # noqa: PLC0415 - only when configured
+
+        try:
+            if settings.admin is not None:
+                address: Address = settings.admin.listen
+                self.admin = serve_admin(snapshot, address, users=settings.admin.users)
+            if settings.metrics_listen is not None:
+                address = settings.metrics_listen
+                self.metrics = serve_metrics(snapshot, address)
+        except OSError as exc:
+            self.close()
+            raise OSError(exc.errno, f"cannot listen on {format_address(address)}: "
+                          f"{exc.strerror or exc}") from exc
+
+    def announce(self, out: TextIO) -> None:
+        if self.admin is not None:
+            _say(out, f"pgwire admin console listening on "
+                      f"{format_address(self.admin.address)}")
+        if self.metrics is not None:
+            _say(out, f"pgwire metrics listening on {self.metrics.url}")
+
+    def close(self) -> None:
+        if self.admin is not None:
+            self.admin.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
 # -- one process, asyncio -----------------------------------------------------------------
 
 
@@ -137,9 +181,17 @@ async def _serve_asyncio(settings: ProxyFile, out: TextIO) -> int:
         server = await start_proxy(settings.config, settings.listen)
     except OSError as exc:
         return _fail(exc.strerror or str(exc))
+    try:
+        consoles = _Consoles(settings, server.snapshot)
+    except OSError as exc:
+        await server.shutdown(0)
+        return _fail(exc.strerror or str(exc))
     _stop_on_signals(server, (signal.SIGINT, signal.SIGTERM))
     _say(out, listening_message(settings, server.addresses))
+    consoles.announce(out)
     await server.serve_until_shutdown()
+    # Off the loop: a console thread may be waiting for a snapshot the loop takes.
+    await asyncio.to_thread(consoles.close)
     logger.info("stopped")
     return 0
 
@@ -148,24 +200,90 @@ async def _serve_asyncio(settings: ProxyFile, out: TextIO) -> int:
 
 
 def _serve_other_adapter(settings: ProxyFile, out: TextIO) -> int:
-    """Run the trio or blocking adapter in this thread until a signal."""
+    """Run the trio or blocking adapter in this thread until a signal.
+
+    As the adapters' own ``serve_forever`` does, plus the consoles, which
+    need the running proxy's ``snapshot`` method."""
     try:
         if settings.adapter == "trio":
-            from .trio import serve_forever  # noqa: PLC0415 - the optional trio extra
+            try:
+                import trio  # noqa: PLC0415 - the optional trio extra
+            except ImportError as exc:
+                return _fail(f"the trio adapter cannot be loaded ({exc}); install "
+                             "pgwire[trio] for trio")
+            status: int = trio.run(_serve_trio, settings, out)
         else:
-            from .blocking import serve_forever  # noqa: PLC0415
-    except ImportError as exc:
-        return _fail(f"the {settings.adapter} adapter cannot be loaded ({exc}); "
-                     "install pgwire[trio] for trio")
-
-    def ready(addresses: Sequence[Address]) -> None:
-        _say(out, listening_message(settings, addresses))
-
-    try:
-        serve_forever(settings.config, settings.listen, ready=ready)
+            status = _serve_blocking(settings, out)
     except OSError as exc:
         return _fail(exc.strerror or str(exc))
-    logger.info("stopped")
+    if status == 0:
+        logger.info("stopped")
+    return status
+
+
+async def _serve_trio(settings: ProxyFile, out: TextIO) -> int:
+    """Trio's ``serve_forever``, with the consoles."""
+    import trio  # noqa: PLC0415 - the optional trio extra
+
+    from .trio import TrioProxy, _stop_on_signals, serve  # noqa: PLC0415
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                server: TrioProxy = await nursery.start(serve, settings.config,
+                                                        settings.listen)
+            except OSError as exc:  # raised here, not wrapped in an ExceptionGroup
+                return _fail(exc.strerror or str(exc))
+            try:
+                consoles = _Consoles(settings, server.snapshot)
+            except OSError as exc:
+                await server.shutdown(0)
+                nursery.cancel_scope.cancel()
+                return _fail(exc.strerror or str(exc))
+            _say(out, listening_message(settings, server.addresses))
+            consoles.announce(out)
+            nursery.start_soon(_stop_on_signals, signals, server, nursery)
+            await server.wait_stopped()
+            # Off the run: a console thread may be waiting for a snapshot taken in it.
+            await trio.to_thread.run_sync(consoles.close)
+            nursery.cancel_scope.cancel()
+    return 0
+
+
+def _serve_blocking(settings: ProxyFile, out: TextIO) -> int:
+    """The blocking adapter's ``serve_forever``, with the consoles."""
+    from .blocking import start_proxy as start_blocking_proxy  # noqa: PLC0415
+
+    server = start_blocking_proxy(settings.config, settings.listen)
+    try:
+        consoles = _Consoles(settings, server.snapshot)
+    except OSError as exc:
+        server.shutdown(0)
+        return _fail(exc.strerror or str(exc))
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            logger.info("signal %d: ending every session now", signum)
+            server.hurry()
+        else:
+            logger.info("signal %d: shutting down", signum)
+            stopping.set()
+            threading.Thread(target=server.shutdown, name="pgwire-shutdown",
+                             daemon=True).start()
+
+    previous = {signum: signal.signal(signum, on_signal)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _say(out, listening_message(settings, server.addresses))
+        consoles.announce(out)
+        server.serve_forever()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if not stopping.is_set():
+            server.shutdown(0)
+        consoles.close()
     return 0
 
 

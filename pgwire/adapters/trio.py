@@ -24,7 +24,7 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -294,6 +294,7 @@ class TrioProxy:
         self._hurried = False
         self._pool_stop = trio.Event()
         self._pool_done = trio.Event()
+        self._trio_token: trio.lowlevel.TrioToken | None = None  # for snapshot()
 
     @property
     def addresses(self) -> list[Address]:
@@ -322,6 +323,7 @@ class TrioProxy:
 
         ``await nursery.start(proxy.serve)`` returns once it accepts.
         """
+        self._trio_token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.proxy.pool is not None:
@@ -456,6 +458,25 @@ class TrioProxy:
     async def wait_stopped(self) -> None:
         """Wait until :meth:`shutdown` is done."""
         await self._stopped.wait()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The proxy's state now as plain data (:func:`pgwire.proxy.snapshot`),
+        from any thread: taken in the Trio run that :meth:`serve` runs in (at
+        once when called there). Raises RuntimeError before :meth:`serve`
+        started, ``trio.RunFinishedError`` after the run ended."""
+        from ..proxy._metrics import snapshot  # noqa: PLC0415 - observability only
+
+        token = self._trio_token
+        if token is None:
+            raise RuntimeError("the proxy is not serving yet: snapshot() needs serve() "
+                               "to be running")
+        try:
+            in_run = trio.lowlevel.current_trio_token() is token
+        except RuntimeError:
+            in_run = False
+        if in_run:
+            return snapshot(self.proxy)
+        return trio.from_thread.run_sync(snapshot, self.proxy, trio_token=token)
 
 
 async def serve(config: ProxyConfig, listen: Sequence[Address], *, reuse_port: bool = False,

@@ -31,6 +31,7 @@ from ._config import (
     ProxyConfig,
     UpstreamTLS,
 )
+from ._metrics import ADMIN_COMMANDS, admin_command, admin_rows, prometheus_text, snapshot
 from ._pool import POOL_LINK_BASE, Pool, PooledServer, PoolKey, PoolKeyStats, ServerState
 from ._pool_config import (
     DEFAULT_SESSION_STATE,
@@ -43,6 +44,7 @@ from ._proxy import Proxy, ProxyStats
 from ._session import Session, SessionState
 
 __all__ = [
+    "ADMIN_COMMANDS",
     "AUTH_LINK",
     "CANCEL_LINK",
     "DEFAULT_AUTH_QUERY",
@@ -81,6 +83,10 @@ __all__ = [
     "StatePolicy",
     "UpstreamKey",
     "UpstreamTLS",
+    "admin_command",
+    "admin_rows",
     "format_address",
     "instance_of",
+    "prometheus_text",
+    "snapshot",
 ]

@@ -415,7 +415,10 @@ class Pool:
     def _grow(self, pool: _KeyPool) -> bool:
         """Open connections for waiters no opening one will serve (within
         ``max_size``); False if some waiter must wait for a busy one."""
-        waiting = len(pool.waiters) - self._opening(pool)
+        # Connections logging in, being reset or verified will serve waiters soon.
+        coming = sum(1 for s in pool.servers if s.state in (
+            ServerState.CONNECTING, ServerState.LOGIN, ServerState.CHECKING))
+        waiting = len(pool.waiters) - coming
         while waiting > 0 and len(pool.servers) < self.config.max_size and (
             not self.shutting_down
         ):

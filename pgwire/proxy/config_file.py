@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, cast
 
 from ..adapters._base import parse_address
-from ..auth import UserlistError, load_userlist, password_type
+from ..auth import UserlistError, is_md5_secret, load_userlist, password_type
 from ..auth.stored import ScramSecret
 from ..middleware.base import Middleware
 from ..protocol import DEFAULT_MAX_MESSAGE_SIZE
@@ -40,12 +40,15 @@ from ..tls import SSLMODES, SSLMode, client_context, load_certificate_der, serve
 from ._actions import Address, format_address
 from ._cancel import MAX_INSTANCE_ID
 from ._config import DEFAULT_AUTH_QUERY, AuthQuery, Passthrough, ProxyAuth, ProxyConfig, UpstreamTLS
+from ._pool_config import DEFAULT_SESSION_STATE, SESSION_STATE_KINDS, PoolConfig, StatePolicy
 
 __all__ = [
     "ADAPTER_NAMES",
     "DEFAULT_LISTEN",
     "KNOWN_KEYS",
     "LOG_LEVELS",
+    "POOL_MODES",
+    "AdminSettings",
     "ConfigError",
     "Override",
     "ProxyFile",
@@ -57,19 +60,26 @@ __all__ = [
 AdapterName = Literal["asyncio", "trio", "blocking"]
 ADAPTER_NAMES: Final[tuple[AdapterName, ...]] = ("asyncio", "trio", "blocking")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+POOL_MODES: Final = ("session", "transaction")
+_RESET_MODES: Final = ("minimal", "discard_all")
+_STATE_POLICIES: Final = ("pin", "refuse", "reset")
 #: PgBouncer's port, on loopback: a proxy is not exposed unless asked.
 DEFAULT_LISTEN: Final[tuple[Address, ...]] = (("127.0.0.1", 6432),)
 _LISTEN_PORT: Final = 6432
 _UPSTREAM_PORT: Final = 5432
+_ADMIN_PORT: Final = 6433
+_METRICS_PORT: Final = 9127
 _AUTH_METHODS: Final[tuple[AuthMethod, ...]] = (
     "trust", "password", "md5", "scram-sha-256", "cert")
 
 #: Every key the file may hold, by table ("" is the top level). The entries of
-#: ``[auth.users]`` and ``[cancel.peers]`` are free (user names, instance ids),
-#: and so are the keys of a ``[[middleware]]`` table besides ``class``.
+#: ``[auth.users]``, ``[admin.users]`` and ``[cancel.peers]`` are free (user
+#: names, instance ids), and so are the keys of a ``[[middleware]]`` table
+#: besides ``class``.
 KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "": ("listen", "upstream", "adapter", "workers", "log_level", "check_protocol", "auth",
-         "client_tls", "upstream_tls", "limits", "cancel", "middleware"),
+         "client_tls", "upstream_tls", "limits", "cancel", "middleware", "pool", "admin",
+         "metrics"),
     "auth": ("mode", "method", "userlist", "users", "query", "upstream_user",
              "upstream_password", "upstream_password_env"),
     "auth.query": ("user", "password", "password_env", "database", "query"),
@@ -79,6 +89,12 @@ KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
                "connect_timeout", "idle_timeout", "idle_in_transaction_timeout",
                "shutdown_timeout"),
     "cancel": ("instance_id", "peers"),
+    "pool": ("mode", "max_size", "min_idle", "checkout_timeout", "health_check_after",
+             "server_idle_timeout", "server_lifetime", "reset", "maintenance_interval",
+             "session_state"),
+    "pool.session_state": SESSION_STATE_KINDS,
+    "admin": ("listen", "users"),
+    "metrics": ("listen",),
 }
 
 
@@ -104,6 +120,18 @@ class Override(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdminSettings:
+    """The ``[admin]`` table: where the admin console listens and who may log in
+    (user name to plaintext password or SCRAM secret)."""
+
+    listen: Address
+    users: Mapping[str, str]
+
+    def __repr__(self) -> str:  # never show the secrets
+        return f"AdminSettings(listen={self.listen!r}, users={sorted(self.users)!r})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyFile:
     """A loaded configuration: the engine's :class:`ProxyConfig` and the
     settings of the ``pgwire proxy`` process around it."""
@@ -118,6 +146,10 @@ class ProxyFile:
     source: str = "command line"
     #: The auth mode in a few words, for the listening message.
     auth_summary: str = "passthrough auth"
+    #: The admin console (``[admin]``), if any.
+    admin: AdminSettings | None = None
+    #: Where ``GET /metrics`` is served (``[metrics]``), if anywhere.
+    metrics_listen: tuple[str, int] | None = None
 
 
 def load_config(path: str | os.PathLike[str], *, overrides: Iterable[Override] = (),
@@ -365,6 +397,14 @@ class _Reader:
                                               f"{MAX_INSTANCE_ID}")
         peers = self._peers(cancel, instance_id, workers)
         middleware = self._middleware(data.get("middleware", []))
+        pool = self._pool(top.table("pool"), auth) if top.has("pool") else None
+        admin = self._admin(top.table("admin"), listen) if top.has("admin") else None
+        metrics_listen = self._metrics(top.table("metrics"), listen, admin) if top.has(
+            "metrics") else None
+        if workers > 1 and (admin is not None or metrics_listen is not None):
+            raise top.error("workers", "[admin] and [metrics] show one process; each worker "
+                                       "process has sessions and a pool of its own: use "
+                                       "workers = 1 with them")
         if isinstance(auth, ProxyAuth) and auth.method == "cert" and client_tls is None:
             raise self.error("auth.method", '"cert" needs client_tls.cert and client_tls.key '
                                             "(and client_tls.ca to check client certificates)")
@@ -397,11 +437,15 @@ class _Reader:
                 idle_in_transaction_timeout=idle_in_transaction_timeout,
                 shutdown_timeout=shutdown_timeout,
                 check_protocol=check_protocol,
+                pool=pool,
             )
         except ValueError as exc:  # a rule of ProxyConfig the checks above did not cover
             raise ConfigError(self.source, None, str(exc)) from None
+        if pool is not None:
+            summary += f", {pool.mode} pool of {pool.max_size}"
         return ProxyFile(config=config, listen=listen, adapter=adapter, workers=workers,
-                         log_level=log_level, source=self.source, auth_summary=summary)
+                         log_level=log_level, source=self.source, auth_summary=summary,
+                         admin=admin, metrics_listen=metrics_listen)
 
     # -- sections -----------------------------------------------------------------------
 
@@ -537,6 +581,112 @@ class _Reader:
                            str(rootcert), sslcert=None if cert is None else str(cert),
                            sslkey=None if key is None else str(key),
                            server_hostname=hostname, context=context)
+
+    def _pool(self, pool: _Table, auth: Passthrough | ProxyAuth) -> PoolConfig:
+        if not isinstance(auth, ProxyAuth):
+            # Blame the flag that turned the pool on, if one did.
+            key = next((k for k in ("pool.mode", "pool.max_size") if k in self.flags), "pool")
+            raise self.error(key, 'a pool needs [auth] mode = "proxy" (or --auth proxy): '
+                                  "it logs in upstream on its own and reuses the "
+                                  "connection for many clients, so the proxy must check "
+                                  "each client itself")
+        defaults = PoolConfig()
+        mode = pool.choice("mode", POOL_MODES, defaults.mode)
+        max_size = pool.integer("max_size", defaults.max_size, 1)
+        min_idle = pool.integer("min_idle", defaults.min_idle, 0)
+        if min_idle > max_size:
+            raise pool.error("min_idle", f"expected at most pool.max_size ({max_size}), "
+                                         f"got {min_idle}")
+        reset = pool.choice("reset", _RESET_MODES, defaults.reset)
+        session_state: dict[str, StatePolicy] = dict(DEFAULT_SESSION_STATE)
+        if pool.has("session_state"):
+            states = pool.table("session_state")
+            for kind in states.data:
+                session_state[kind] = cast(StatePolicy, states.choice(
+                    kind, _STATE_POLICIES, DEFAULT_SESSION_STATE[kind]))
+        checkout_timeout = pool.seconds("checkout_timeout", defaults.checkout_timeout)
+        health_check_after = pool.seconds("health_check_after", defaults.health_check_after)
+        server_idle_timeout = self._seconds_or_off(pool, "server_idle_timeout",
+                                                   defaults.server_idle_timeout)
+        server_lifetime = self._seconds_or_off(pool, "server_lifetime",
+                                               defaults.server_lifetime)
+        maintenance_interval = pool.seconds("maintenance_interval",
+                                            defaults.maintenance_interval)
+        try:
+            return PoolConfig(
+                mode=cast(Literal["session", "transaction"], mode),
+                max_size=max_size,
+                min_idle=min_idle,
+                checkout_timeout=checkout_timeout,
+                health_check_after=health_check_after,
+                server_idle_timeout=server_idle_timeout,
+                server_lifetime=server_lifetime,
+                reset=cast(Literal["minimal", "discard_all"], reset),
+                session_state=session_state,
+                maintenance_interval=maintenance_interval,
+            )
+        except ValueError as exc:  # a rule of PoolConfig the checks above did not cover
+            raise self.error("pool", str(exc)) from None
+
+    @staticmethod
+    def _seconds_or_off(table: _Table, name: str, default: float | None) -> float | None:
+        if not table.has(name):
+            return default
+        return table.optional_seconds(name)
+
+    def _admin(self, admin: _Table, listen: Sequence[Address]) -> AdminSettings:
+        if not admin.has("listen"):
+            raise admin.error("listen", 'missing: where the admin console listens, e.g. '
+                                        'listen = "127.0.0.1:6433" (or --admin)')
+        address = admin.address("listen", _ADMIN_PORT)
+        if address in listen and (isinstance(address, str) or address[1] != 0):
+            raise admin.error("listen", f"the proxy itself listens on "
+                                        f"{format_address(address)}: give the admin "
+                                        "console an address of its own")
+        if not admin.has("users"):
+            raise admin.error("users", 'missing: who may log in to the admin console, e.g. '
+                                       '[admin.users] ops = "SCRAM-SHA-256$..." (a SCRAM '
+                                       "secret, or a password)")
+        table = admin.data["users"]
+        if not isinstance(table, dict):
+            raise admin.expected("users", 'a table of user = "SCRAM secret or password"')
+        if not table:
+            raise admin.error("users", 'empty: nobody could log in; add user = "SCRAM '
+                                       'secret or password"')
+        users: dict[str, str] = {}
+        for user, secret in table.items():
+            key = f"users.{user}"
+            if not isinstance(secret, str) or not secret:
+                raise admin.error(key, "expected a SCRAM secret or a password, got "
+                                       f"{_show(secret)}")
+            if is_md5_secret(secret):
+                raise admin.error(key, "an MD5 secret cannot log in with SCRAM-SHA-256, "
+                                       "which the admin console uses: give a SCRAM secret "
+                                       "(or a password)")
+            if secret.startswith("SCRAM-SHA-256$"):
+                try:
+                    ScramSecret.parse(secret)
+                except ValueError as exc:
+                    raise admin.error(key, f"looks like a SCRAM secret but is not one: "
+                                           f"{exc}") from None
+            users[user] = secret
+        return AdminSettings(listen=address, users=users)
+
+    def _metrics(self, metrics: _Table, listen: Sequence[Address],
+                 admin: AdminSettings | None) -> tuple[str, int]:
+        if not metrics.has("listen"):
+            raise metrics.error("listen", 'missing: where GET /metrics is served, e.g. '
+                                          'listen = "127.0.0.1:9127" (or --metrics)')
+        address = metrics.address("listen", _METRICS_PORT)
+        if isinstance(address, str):
+            raise metrics.error("listen", f"expected host:port (HTTP over TCP), got "
+                                          f"{_show(address)}")
+        taken = [*listen, *([admin.listen] if admin is not None else [])]
+        if address in taken and address[1] != 0:
+            raise metrics.error("listen", f"{format_address(address)} is taken by the "
+                                          "proxy or its admin console: give the metrics "
+                                          "an address of their own")
+        return address
 
     def _peers(self, cancel: _Table, instance_id: int, workers: int) -> dict[int, Address]:
         if not cancel.has("peers"):
