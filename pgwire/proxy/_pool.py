@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final
 
@@ -188,8 +188,8 @@ class _KeyPool:
 class Pool:
     """Every pooled server connection of one proxy process (sans-IO)."""
 
-    __slots__ = ("_by_conn", "_by_link", "_clock", "_keys", "_links", "_out", "_proxy",
-                 "_timer_armed", "config", "driver", "shutting_down")
+    __slots__ = ("_by_conn", "_by_link", "_clock", "_keys", "_links", "_orphans", "_out",
+                 "_proxy", "_timer_armed", "config", "driver", "shutting_down")
 
     def __init__(self, proxy: Any, config: PoolConfig,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -202,6 +202,7 @@ class Pool:
         self._links = itertools.count(POOL_LINK_BASE)
         self._out: list[Action] = []
         self._timer_armed = False
+        self._orphans: set[str] = set()
         self.shutting_down = False
         #: The adapter's handle for whatever performs this pool's actions.
         self.driver: object = None
@@ -342,10 +343,19 @@ class Pool:
         server.dirty |= reset
         everything = self.config.reset == "discard_all" and (
             ending or self.config.mode == "transaction")
-        if server.dirty or everything:
+        if server.dirty or everything or self._stale(server):
             self._reset(server, everything or not server.dirty <= _KNOWN_KINDS)
             return
         self._idle(server)
+
+    def orphan(self, names: Iterable[str]) -> None:
+        """Statements of the pool's naming that nobody may use or see any more (a
+        client closed them, or left): each connection drops them before it
+        next goes to a client."""
+        self._orphans.update(names)
+
+    def _stale(self, server: PooledServer) -> set[str]:
+        return server.prepared & self._orphans if self._orphans else set()
 
     def write(self, conn: ClientConnection, data: bytes) -> None:
         """Bytes a session sent on a pooled connection: for the adapter to write."""
@@ -441,6 +451,11 @@ class Pool:
                 return
             pool.waiters.popleft()
             pool.idle.remove(server)
+            if self._stale(server):
+                # Statements of a client that left or closed them: dropped first.
+                pool.waiters.appendleft((session, since))
+                self._reset(server, False)
+                return
             needs_check = not server.checked and server.last_session != session.session_id
             if needs_check or self._clock() - server.idle_since > (
                 self.config.health_check_after
@@ -508,11 +523,19 @@ class Pool:
             server.prepared.clear()
         else:
             pool.stats.resets += 1
-            queries = ["; ".join(sql for kind, sql in _RESET_SQL if kind in server.dirty)]
-            if "prepare" in server.dirty or "settings" in server.dirty:
-                # Statements planned under the client's settings go too.
-                queries[0] += "; DEALLOCATE ALL" if "prepare" not in server.dirty else ""
+            statements = [sql for kind, sql in _RESET_SQL if kind in server.dirty]
+            if server.dirty & {"prepare", "settings", "temp"}:
+                # Statements planned under the client's settings or over its
+                # temporary tables go too.
+                if "prepare" not in server.dirty:
+                    statements.append("DEALLOCATE ALL")
                 server.prepared.clear()
+            else:
+                stale = sorted(self._stale(server))
+                statements += [f'DEALLOCATE "{name}"' for name in stale]
+                server.prepared.difference_update(stale)
+            queries = ["; ".join(statements)] if statements else []
+        self._forget_orphans()
         server.dirty.clear()
         queries.append(VERIFY_SQL)
         pool.stats.verifications += 1
@@ -527,6 +550,15 @@ class Pool:
                 self._serve(pool)
 
         self._run(server, queries, server.baseline, done)
+
+    def _forget_orphans(self) -> None:
+        """Orphaned names no connection has any more."""
+        orphans = self._orphans
+        if orphans:
+            left: set[str] = set()
+            for other in self._by_link.values():
+                left |= other.prepared & orphans
+            orphans.intersection_update(left)
 
     def _verify(self, server: PooledServer) -> None:
         pool = self._keys[server.key]

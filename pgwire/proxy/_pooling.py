@@ -9,10 +9,12 @@ server) and does three things:
   connection goes back; in session mode it only records what the reset at
   the end must undo;
 - in transaction mode, renames protocol-level named prepared statements to
-  names of the pool's own (``pgwire_`` and a hash of the text and parameter
-  types, so equal statements of different clients share one server
-  statement) and prepares them again, unseen, on a connection that lacks
-  them when the client binds or describes them;
+  names of the pool's own (``pgwire_``, the session's number and a counter:
+  each Parse of the client makes a statement of its own, planned in its own
+  context, as on a direct connection) and prepares them again, unseen, on a
+  connection that lacks them when the client binds or describes them; a
+  statement the client closes, or every statement of a client that leaves,
+  is deallocated from each connection before another client gets it;
 - keeps the client's unnamed statement its own: a Bind of the unnamed
   statement on a connection where this client did not parse it is
   re-prepared from the client's last unnamed Parse, never run from what
@@ -21,7 +23,6 @@ server) and does three things:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import deque
 from typing import TYPE_CHECKING, Final
@@ -44,7 +45,6 @@ from ..protocol import (
     Message,
     ParameterStatus,
     Parse,
-    ParseComplete,
     Query,
     ReadyForQuery,
     TransactionStatus,
@@ -63,7 +63,6 @@ _PREFIX: Final = "pgwire_"
 _NEVER: Final = "pgwire_never_prepared"
 _FORWARD: Final = 0
 _EAT: Final = 1           # a ParseComplete the pool caused: the client must not see it
-_AS_PARSE: Final = 2      # a CloseComplete standing in for a ParseComplete
 _DESCRIBE: Final = {"settings": "session-level SET", "role": "SET ROLE / SESSION AUTHORIZATION",
                     "prepare": "PREPARE", "listen": "LISTEN", "temp": "a temporary object",
                     "cursor": "a cursor WITH HOLD", "advisory": "a session-level advisory lock",
@@ -71,19 +70,17 @@ _DESCRIBE: Final = {"settings": "session-level SET", "role": "SET ROLE / SESSION
                     "pool cannot see (DO, CALL, LOAD, unparseable text)"}
 
 
-def server_statement_name(parse: Parse) -> str:
-    """The pool's name for a statement: equal text and types, equal name."""
-    digest = hashlib.blake2b(digest_size=12)
-    digest.update(parse.query.encode("utf-8", "surrogatepass"))
-    for oid in parse.parameter_types:
-        digest.update(oid.to_bytes(4, "big"))
-    return _PREFIX + digest.hexdigest()
+def server_statement_name(session_id: int, number: int) -> str:
+    """The pool's name for the ``number``-th statement session ``session_id`` parsed."""
+    return f"{_PREFIX}{session_id:x}_{number}"
 
 
 class _State:
-    __slots__ = ("expect", "names", "parses", "unnamed", "unnamed_on")
+    __slots__ = ("expect", "names", "parsed", "parses", "unnamed", "unnamed_on")
 
     def __init__(self) -> None:
+        #: Named statements parsed so far (numbers the pool's names).
+        self.parsed = 0
         #: Client statement name -> the pool's name for it.
         self.names: dict[str, str] = {}
         #: The pool's name -> the Parse that makes it (for re-preparing).
@@ -187,7 +184,11 @@ class PoolMiddleware(Middleware[_State]):
         status = ctx.transaction_status
         if not isinstance(name, str) or name not in ctx.state.names or status == "E":
             return None
-        del ctx.state.names[name]
+        pool_name = ctx.state.names.pop(name)
+        ctx.state.parses.pop(pool_name, None)
+        pool = ctx._session._pool
+        assert pool is not None
+        pool.orphan((pool_name,))
         return Respond(CommandComplete(tag="DEALLOCATE"),
                        ReadyForQuery(status=TransactionStatus(status)))
 
@@ -209,16 +210,14 @@ class PoolMiddleware(Middleware[_State]):
             return None
         if name in state.names:
             return Reject("42P05", f'prepared statement "{name}" already exists')
-        pool_name = server_statement_name(message)
+        state.parsed += 1
+        pool_name = server_statement_name(session.session_id, state.parsed)
         state.names[name] = pool_name
         server = session._server
         assert server is not None
         renamed = Parse(statement=pool_name, query=message.query,
                         parameter_types=message.parameter_types)
         state.parses[pool_name] = renamed
-        if pool_name in server.prepared:
-            state.expect.append((batch, _AS_PARSE, "", name))
-            return Replace(Close(kind="S", name=_NEVER))
         server.prepared.add(pool_name)
         state.expect.append((batch, _FORWARD, pool_name, name))
         return Replace(renamed)
@@ -270,8 +269,17 @@ class PoolMiddleware(Middleware[_State]):
                 state.unnamed = None
                 state.unnamed_on = -1
                 return None
-            if state.names.pop(message.name, None) is not None:
-                # The pool keeps its statement for the next client that wants it.
+            pool_name = state.names.pop(message.name, None)
+            if pool_name is not None:
+                state.parses.pop(pool_name, None)
+                session = ctx._session
+                server = session._server
+                assert server is not None and session._pool is not None
+                # Gone from every other connection before anyone else uses it.
+                session._pool.orphan((pool_name,))
+                if pool_name in server.prepared:
+                    server.prepared.discard(pool_name)
+                    return Replace(Close(kind="S", name=pool_name))
                 return Replace(Close(kind="S", name=_NEVER))
         return None
 
@@ -301,8 +309,6 @@ class PoolMiddleware(Middleware[_State]):
         _, action, _, _ = state.expect.popleft()
         if action == _EAT:
             return Replace()
-        if action == _AS_PARSE:
-            return Replace(ParseComplete())
         return None
 
     def _skipped(self, ctx: Context[_State]) -> None:
@@ -329,7 +335,10 @@ class PoolMiddleware(Middleware[_State]):
         server = session._server
         if server is not None:
             server.prepared.clear()
+        if session._pool is not None:
+            session._pool.orphan(tuple(state.parses))  # still on other connections
         state.names.clear()
+        state.parses.clear()
         state.unnamed = None
         state.unnamed_on = -1
         if everything:

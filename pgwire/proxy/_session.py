@@ -1405,6 +1405,11 @@ class Session:
         if self._checkout_armed:
             self._checkout_armed = False
             self._out.append(CancelTimer(CHECKOUT_TIMER))
+        if self._chain.contexts:
+            # The statements this client prepared (transaction mode: the pool's
+            # middleware, last in the chain, named them) go with it, from
+            # every connection.
+            pool.orphan(self._chain.contexts[-1].state.parses)
         server = self._server
         key = self._pool_key
         if server is None:
