@@ -1363,7 +1363,10 @@ class Session:
         (a setting reset at the end of its last transaction): tell it, as a
         server reports a change."""
         view = self._params_view
-        for name, value in server.conn.frontend.parameters.items():
+        parameters = server.conn.frontend.parameters
+        if parameters == view:
+            return
+        for name, value in parameters.items():
             if view.get(name) != value:
                 view[name] = value
                 self._send_client(ParameterStatus(name=name, value=value))
