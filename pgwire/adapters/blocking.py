@@ -672,11 +672,13 @@ def start_proxy(config: ProxyConfig, listen: Sequence[Address], *, reuse_port: b
 
 def serve_forever(config: ProxyConfig, listen: Sequence[Address], *,
                   ready: Callable[[Sequence[Address]], None] | None = None,
+                  started: Callable[[BlockingProxy], None] | None = None,
                   reuse_port: bool = False, job_threads: int = 4) -> None:
     """Run a proxy until SIGINT or SIGTERM (call it from the main thread).
 
     The first signal shuts down gracefully, a second one ends busy sessions
-    at once. ``ready`` gets the bound addresses once the proxy accepts.
+    at once. ``ready`` gets the bound addresses once the proxy accepts;
+    ``started`` gets the running proxy before that (to start what watches it).
     """
     server = start_proxy(config, listen, reuse_port=reuse_port, job_threads=job_threads)
     stopping = threading.Event()
@@ -694,6 +696,8 @@ def serve_forever(config: ProxyConfig, listen: Sequence[Address], *,
     previous = {signum: signal.signal(signum, on_signal)
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if started is not None:
+            started(server)
         if ready is not None:
             ready(server.addresses)
         server.serve_forever()

@@ -32,7 +32,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -252,38 +251,21 @@ async def _serve_trio(settings: ProxyFile, out: TextIO) -> int:
 
 def _serve_blocking(settings: ProxyFile, out: TextIO) -> int:
     """The blocking adapter's ``serve_forever``, with the consoles."""
-    from .blocking import start_proxy as start_blocking_proxy  # noqa: PLC0415
+    from .blocking import BlockingProxy  # noqa: PLC0415
+    from .blocking import serve_forever as serve_blocking  # noqa: PLC0415
 
-    server = start_blocking_proxy(settings.config, settings.listen)
-    try:
-        consoles = _Consoles(settings, server.snapshot)
-    except OSError as exc:
-        server.shutdown(0)
-        return _fail(exc.strerror or str(exc))
-    stopping = threading.Event()
+    consoles: list[_Consoles] = []
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stopping.is_set():
-            logger.info("signal %d: ending every session now", signum)
-            server.hurry()
-        else:
-            logger.info("signal %d: shutting down", signum)
-            stopping.set()
-            threading.Thread(target=server.shutdown, name="pgwire-shutdown",
-                             daemon=True).start()
-
-    previous = {signum: signal.signal(signum, on_signal)
-                for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    def started(server: BlockingProxy) -> None:
+        consoles.append(_Consoles(settings, server.snapshot))
         _say(out, listening_message(settings, server.addresses))
-        consoles.announce(out)
-        server.serve_forever()
+        consoles[0].announce(out)
+
+    try:
+        serve_blocking(settings.config, settings.listen, started=started)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if not stopping.is_set():
-            server.shutdown(0)
-        consoles.close()
+        for console in consoles:
+            console.close()
     return 0
 
 

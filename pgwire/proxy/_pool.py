@@ -537,19 +537,7 @@ class Pool:
             queries = ["; ".join(statements)] if statements else []
         self._forget_orphans()
         server.dirty.clear()
-        queries.append(VERIFY_SQL)
-        pool.stats.verifications += 1
-
-        def done(ok: bool) -> None:
-            if ok:
-                server.checked = True
-                self._idle(server)
-            else:
-                pool.stats.failed_resets += 1
-                self._close(server)
-                self._serve(pool)
-
-        self._run(server, queries, server.baseline, done)
+        self._check(server, queries, "failed_resets")
 
     def _forget_orphans(self) -> None:
         """Orphaned names no connection has any more."""
@@ -561,6 +549,11 @@ class Pool:
             orphans.intersection_update(left)
 
     def _verify(self, server: PooledServer) -> None:
+        self._check(server, [], "failed_verifications")
+
+    def _check(self, server: PooledServer, reset: list[str], failure: str) -> None:
+        """Run ``reset`` (if any) and the verification in one round trip: the
+        connection goes idle verified, or is closed and ``failure`` counted."""
         pool = self._keys[server.key]
         pool.stats.verifications += 1
 
@@ -569,11 +562,11 @@ class Pool:
                 server.checked = True
                 self._idle(server)
             else:
-                pool.stats.failed_verifications += 1
+                setattr(pool.stats, failure, getattr(pool.stats, failure) + 1)
                 self._close(server)
                 self._serve(pool)
 
-        self._run(server, [VERIFY_SQL], server.baseline, done)
+        self._run(server, [*reset, VERIFY_SQL], server.baseline, done)
 
     def _logged_in(self, server: PooledServer) -> None:
         def done(ok: bool) -> None:
