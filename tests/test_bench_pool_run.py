@@ -85,6 +85,7 @@ def number(text: str) -> int:
     return int(text.replace(",", ""))
 
 
+@pytest.mark.slow  # a real benchmark run, end to end: about 10 s
 def test_quick_run_reports_every_target_and_the_pool_counters() -> None:
     pgbench_or_skip()
     version = bouncer_version()

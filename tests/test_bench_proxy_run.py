@@ -57,6 +57,7 @@ def row(output: str, mode: str, label: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # a real benchmark run, end to end: about 10 s
 def test_quick_run_reports_every_target_in_both_modes() -> None:
     pgbench_or_skip()
     proxy_exists = pgwire_proxy_exists()

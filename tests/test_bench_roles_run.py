@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_bench_proxy_run import pgbench_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +109,7 @@ def test_micro_only_prints_every_table_and_the_profile() -> None:
     assert re.search(r"^total time: \d+ s$", output, re.MULTILINE)
 
 
+@pytest.mark.slow  # a real benchmark run, end to end: about 10 s
 def test_quick_run_reports_micro_and_pgbench_through_the_middleware() -> None:
     pgbench_or_skip()
     output = run("--seconds", "1", "--clients", "2", timeout=300)

@@ -1191,7 +1191,7 @@ def test_any_bytes_on_a_pool_link_are_handled_or_close_the_link(
 
 
 @pytest.mark.slow
-@settings(FUZZ_SETTINGS, max_examples=3000)
+@settings(FUZZ_SETTINGS, max_examples=1200)
 @given(state=st.sampled_from(LINK_STATES), data=st.data(), payload=fuzz_bytes())
 def test_any_bytes_on_a_pool_link_long_run(
         state: str, data: st.DataObject, payload: bytes) -> None:
@@ -1285,7 +1285,7 @@ def test_client_bytes_between_transactions_behave_alike_in_any_chunking(
 
 
 @pytest.mark.slow
-@settings(CHUNKING_SETTINGS, max_examples=2000)
+@settings(CHUNKING_SETTINGS, max_examples=1000)
 @given(parts=st.lists(_client_parts(), max_size=10), sizes=st.lists(st.integers(1, 12)),
        eof=st.booleans(), busy=st.booleans())
 def test_client_bytes_in_any_chunking_long_run(

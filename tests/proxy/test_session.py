@@ -1297,7 +1297,7 @@ def frames(data: bytes) -> list[tuple[bytes, bytes]]:
 
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-LONG_FUZZ = settings(max_examples=3000, deadline=None,
+LONG_FUZZ = settings(max_examples=1500, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

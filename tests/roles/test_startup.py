@@ -315,7 +315,7 @@ def test_parse_accepts_or_raises_invalid_options_only(options: str) -> None:
 @pytest.mark.slow
 @given(st.lists(option_settings(), max_size=12),
        st.one_of(_TEXT, st.lists(_OPTION_CHARS, max_size=60).map("".join)))
-@settings(max_examples=8000, deadline=None)
+@settings(max_examples=4000, deadline=None)
 def test_options_long_run(settings_: list[OptionSetting], options: str) -> None:
     assert parse_options(join_options(settings_)) == settings_
     try:

@@ -36,10 +36,10 @@ Event = pw.FrontendEvent | pw.BackendEvent
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 # The slow twins together stay within the suite's 10-minute budget on 2 cores.
-SLOW = settings(FUZZ, max_examples=6000)
+SLOW = settings(FUZZ, max_examples=3000)
 # Conversations cost far more per example than raw bytes.
 FUZZ_STREAMS = settings(FUZZ, max_examples=60)
-SLOW_STREAMS = settings(FUZZ, max_examples=1500)
+SLOW_STREAMS = settings(FUZZ, max_examples=750)
 slow = pytest.mark.slow
 slow_timeout = pytest.mark.timeout(900)
 
@@ -456,7 +456,7 @@ def test_a_truncated_data_row_is_judged_by_its_own_bytes(cut_into: str) -> None:
 @slow
 @slow_timeout
 @pytest.mark.parametrize("case", sorted(MAKERS))
-@settings(SLOW, max_examples=1500)
+@settings(SLOW, max_examples=750)
 @given(data=st.data(), sizes=CHUNK_SIZES)
 def test_outcome_does_not_depend_on_how_bytes_are_cut_slow(
     case: str, data: st.DataObject, sizes: list[int]

@@ -29,7 +29,7 @@ PER_CLASS = settings(max_examples=30, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow])
 STREAMS = settings(max_examples=60, deadline=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SLOW_STREAMS = settings(STREAMS, max_examples=900)
+SLOW_STREAMS = settings(STREAMS, max_examples=450)
 
 # Every concrete message class pgwire exports.
 MESSAGE_CLASSES = sorted(
