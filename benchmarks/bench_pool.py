@@ -295,52 +295,14 @@ def bouncer_has_prepared(version_line: str) -> bool:
 @contextlib.contextmanager
 def pgbouncer_transaction(binary: str, *, upstream_port: int, user: str, scram_secret: str,
                           pool_size: int, clients: int, prepared: bool) -> Iterator[int]:
-    """PgBouncer in transaction mode in front of the server, its files in a temp dir.
-
-    Settings as ``bench_proxy.pgbouncer`` writes them (whose session-mode file
-    has no way to say otherwise), plus ``pool_mode = transaction`` and, when
-    ``prepared``, ``max_prepared_statements``.
-    """
-    owner = bench_proxy.non_root_user()
-    with tempfile.TemporaryDirectory(prefix="pgwire-bench-pool-pgbouncer-") as name:
-        directory = Path(name)
-        auth_file = directory / "userlist.txt"
-
-        def write(path: Path, text: str) -> None:
-            path.write_text(text)
-            path.chmod(0o600)
-            if owner is not None:
-                os.chown(path, owner.pw_uid, owner.pw_gid)
-
-        if owner is not None:
-            os.chown(directory, owner.pw_uid, owner.pw_gid)
-        write(auth_file, f'"{user}" "{scram_secret}"\n')
-
-        def argv(port: int) -> list[str]:
-            config = directory / "pgbouncer.ini"
-            write(config, "\n".join([
-                "[databases]",
-                f"{DATABASE} = host={LOOPBACK} port={upstream_port} dbname={DATABASE}",
-                "[pgbouncer]",
-                f"listen_addr = {LOOPBACK}",
-                f"listen_port = {port}",
-                "unix_socket_dir =",
-                "auth_type = scram-sha-256",
-                f"auth_file = {auth_file}",
-                "pool_mode = transaction",
-                f"default_pool_size = {pool_size}",
-                f"max_client_conn = {clients + 10}",
-                *([f"max_prepared_statements = {BOUNCER_MAX_PREPARED}"] if prepared else []),
-                "server_tls_sslmode = disable",
-                "client_tls_sslmode = disable",
-                "log_connections = 0",
-                "log_disconnections = 0",
-                "",
-            ]))
-            return [binary, str(config)]
-
-        with bench_proxy.running("pgbouncer", argv, user=owner, cwd=directory) as port:
-            yield port
+    """PgBouncer in transaction mode in front of the server: ``bench_proxy``'s
+    PgBouncer with ``pool_mode = transaction`` and, when ``prepared``,
+    ``max_prepared_statements``."""
+    settings = [f"max_prepared_statements = {BOUNCER_MAX_PREPARED}"] if prepared else []
+    with bench_proxy.pgbouncer(binary, upstream_port, user, scram_secret, clients,
+                               pool_mode="transaction", pool_size=pool_size,
+                               settings=settings) as port:
+        yield port
 
 
 # ---------------------------------------------------------------------------

@@ -315,8 +315,11 @@ def non_root_user() -> pwd.struct_passwd | None:
 
 @contextlib.contextmanager
 def pgbouncer(binary: str, upstream_port: int, user: str, scram_secret: str,
-              clients: int) -> Iterator[int]:
-    """PgBouncer in session mode in front of the server, its files in a temp dir."""
+              clients: int, *, pool_mode: str = "session", pool_size: int | None = None,
+              settings: Sequence[str] = ()) -> Iterator[int]:
+    """PgBouncer in front of the server (session mode unless ``pool_mode`` says
+    otherwise; ``pool_size`` connections, default one per client; ``settings``:
+    more lines for its ``[pgbouncer]`` section), its files in a temp dir."""
     owner = non_root_user()
     with tempfile.TemporaryDirectory(prefix="pgwire-bench-pgbouncer-") as name:
         directory = Path(name)
@@ -343,9 +346,10 @@ def pgbouncer(binary: str, upstream_port: int, user: str, scram_secret: str,
                 "unix_socket_dir =",
                 "auth_type = scram-sha-256",
                 f"auth_file = {auth_file}",
-                "pool_mode = session",
-                f"default_pool_size = {clients}",
+                f"pool_mode = {pool_mode}",
+                f"default_pool_size = {clients if pool_size is None else pool_size}",
                 f"max_client_conn = {clients + 10}",
+                *settings,
                 "server_tls_sslmode = disable",
                 "client_tls_sslmode = disable",
                 "log_connections = 0",
