@@ -24,6 +24,7 @@ server) and does three things:
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -62,6 +63,7 @@ _PREFIX: Final = "pgwire_"
 #: CloseComplete and touches nothing.
 _NEVER: Final = "pgwire_never_prepared"
 _FORWARD: Final = 0
+_POOL_NAME: Final = re.compile(r"pgwire_(?:[0-9a-f]+_[0-9]+|never_prepared)")
 _EAT: Final = 1           # a ParseComplete the pool caused: the client must not see it
 _DESCRIBE: Final = {"settings": "session-level SET", "role": "SET ROLE / SESSION AUTHORIZATION",
                     "prepare": "PREPARE", "listen": "LISTEN", "temp": "a temporary object",
@@ -113,9 +115,7 @@ class PoolMiddleware(Middleware[_State]):
 
     def on_client_message(self, ctx: Context[_State], message: Message) -> Verdict:
         if isinstance(message, Query):
-            if self.transaction_mode and ctx.state.names and (
-                "deallocate" in message.query.lower()
-            ):
+            if self.transaction_mode and "deallocate" in message.query.lower():
                 answer = self._deallocate(ctx, message.query)
                 if answer is not None:
                     return answer
@@ -166,20 +166,27 @@ class PoolMiddleware(Middleware[_State]):
                 session._pool_dirty.add(kind)
         return None
 
-    def _deallocate(self, ctx: Context[_State], sql: str) -> Respond | None:
+    def _deallocate(self, ctx: Context[_State], sql: str) -> Respond | Reject | None:
         """``DEALLOCATE name`` of a protocol-level statement (psycopg sends it
         when its statement cache is full): the server knows the statement
         by the pool's name only, so the pool answers for it, as the server
-        would (the server's statement stays for other clients)."""
+        would. ``DEALLOCATE`` of a name of the pool's (another client's
+        statement, its name read from pg_prepared_statements) is refused as
+        the server refuses a name this client never prepared."""
         parser = _parser()
         try:
             tree = json.loads(parser.parse_sql_json(sql))
         except (parser.ParseError, UnicodeError, RecursionError, ValueError):
             return None
         statements = tree.get("stmts", ())
+        bodies = [raw.get("stmt", {}).get("DeallocateStmt") for raw in statements]
+        for body in bodies:
+            name = body.get("name") if isinstance(body, dict) else None
+            if isinstance(name, str) and _POOL_NAME.fullmatch(name):
+                return Reject("26000", f'prepared statement "{name}" does not exist')
         if len(statements) != 1:
             return None
-        body = statements[0].get("stmt", {}).get("DeallocateStmt")
+        body = bodies[0]
         name = body.get("name") if isinstance(body, dict) else None
         status = ctx.transaction_status
         if not isinstance(name, str) or name not in ctx.state.names or status == "E":

@@ -536,6 +536,23 @@ def test_sql_deallocate_of_a_protocol_statement(start_pool: StartPool,
             assert names(until_ready(client)) == ["ParseComplete", "ReadyForQuery"]
 
 
+def test_sql_deallocate_of_another_clients_statement_is_refused(
+        start_pool: StartPool, live_db: PostgresCluster) -> None:
+    """Client B reads client A's statement name in pg_prepared_statements (they
+    share the connection) and tries to DEALLOCATE it: refused with 26000, as
+    the server refuses a name B never prepared, and A's statement still runs."""
+    proxy = start_pool(PoolConfig(mode="transaction", max_size=1), PASSWORDS)
+    with connect(proxy) as first, connect(proxy) as second:
+        assert first.execute("select %s::int + 1", (1,), prepare=True).fetchone() == (2,)
+        names = [row[0] for row in second.execute(
+            "select name from pg_prepared_statements where name like 'pgwire\\_%'")]
+        assert names, "A's statement is on the shared connection"
+        for sql in (f'DEALLOCATE "{names[0]}"', f'select 1; deallocate prepare "{names[0]}"'):
+            with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+                second.execute(sql)
+        assert first.execute("select %s::int + 1", (2,), prepare=True).fetchone() == (3,)
+
+
 def test_prepared_statements_asyncpg(start_pool: StartPool, live_db: PostgresCluster) -> None:
     """asyncpg prepares every statement by name: conn.prepare() (Parse and
     Describe), executed later on another connection, where it is prepared again."""
