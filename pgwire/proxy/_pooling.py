@@ -63,7 +63,10 @@ _PREFIX: Final = "pgwire_"
 #: CloseComplete and touches nothing.
 _NEVER: Final = "pgwire_never_prepared"
 _FORWARD: Final = 0
-_POOL_NAME: Final = re.compile(r"pgwire_(?:[0-9a-f]+_[0-9]+|never_prepared)")
+#: EXECUTE or DEALLOCATE of a statement name of the pool's, in libpg_query's JSON
+#: (which spells the name out, so no quoting of the SQL can hide it).
+_FOREIGN_USE: Final = re.compile(
+    r'"(?:ExecuteStmt|DeallocateStmt)":\{"name":"(pgwire_(?:[0-9a-f]+_[0-9]+|never_prepared))"')
 _EAT: Final = 1           # a ParseComplete the pool caused: the client must not see it
 _DESCRIBE: Final = {"settings": "session-level SET", "role": "SET ROLE / SESSION AUTHORIZATION",
                     "prepare": "PREPARE", "listen": "LISTEN", "temp": "a temporary object",
@@ -115,7 +118,8 @@ class PoolMiddleware(Middleware[_State]):
 
     def on_client_message(self, ctx: Context[_State], message: Message) -> Verdict:
         if isinstance(message, Query):
-            if self.transaction_mode and "deallocate" in message.query.lower():
+            lowered = message.query.lower() if self.transaction_mode else ""
+            if "deallocate" in lowered or "execute" in lowered:
                 answer = self._deallocate(ctx, message.query)
                 if answer is not None:
                     return answer
@@ -170,20 +174,22 @@ class PoolMiddleware(Middleware[_State]):
         """``DEALLOCATE name`` of a protocol-level statement (psycopg sends it
         when its statement cache is full): the server knows the statement
         by the pool's name only, so the pool answers for it, as the server
-        would. ``DEALLOCATE`` of a name of the pool's (another client's
-        statement, its name read from pg_prepared_statements) is refused as
-        the server refuses a name this client never prepared."""
+        would. ``EXECUTE`` or ``DEALLOCATE`` of a name of the pool's (another
+        client's statement, its name read from pg_prepared_statements) is
+        refused as the server refuses a name this client never prepared."""
         parser = _parser()
         try:
-            tree = json.loads(parser.parse_sql_json(sql))
+            text = parser.parse_sql_json(sql)
+            tree = json.loads(text)
         except (parser.ParseError, UnicodeError, RecursionError, ValueError):
             return None
+        # EXECUTE (alone, under EXPLAIN or CREATE TABLE AS) or DEALLOCATE of a
+        # name of the pool's: another client's statement.
+        foreign = _FOREIGN_USE.search(text)
+        if foreign is not None:
+            return Reject("26000", f'prepared statement "{foreign.group(1)}" does not exist')
         statements = tree.get("stmts", ())
         bodies = [raw.get("stmt", {}).get("DeallocateStmt") for raw in statements]
-        for body in bodies:
-            name = body.get("name") if isinstance(body, dict) else None
-            if isinstance(name, str) and _POOL_NAME.fullmatch(name):
-                return Reject("26000", f'prepared statement "{name}" does not exist')
         if len(statements) != 1:
             return None
         body = bodies[0]

@@ -47,11 +47,14 @@ every key used sees only the login defaults on each of the key's server
 connections, the proxy counted no internal error, and the pool no failed
 verification, failed reset, checkout timeout or login failure.
 
-The plain tests at the end pin down what building the machine turned up: the
-pool shares one server statement between every client of a key that prepares
-the same text, so a client can get an error a direct connection would not
-give (the statement was planned for another client's temporary table or
-search_path) and can read other clients' statement texts.
+The plain tests at the end pin down what building the machine turned up.
+The pool once shared one server statement between every client of a key that
+prepared the same text, so a client could get an error a direct connection
+does not give (the statement had been planned for another client's temporary
+table or search_path) and could read the statement texts of clients gone
+before it. A client could also drop another connected client's statement
+with SQL ``DEALLOCATE`` of the pool's name for it (read from
+``pg_prepared_statements``), and can still run it with ``EXECUTE``.
 
 Objects (prefix ``pool_sm_``, unique to this module): the database
 ``pool_sm_db`` with schemas ``pool_sm_one`` / ``pool_sm_two`` (a table
@@ -202,9 +205,7 @@ def _drop_sql() -> str:
 
 def _set_value(name: str, value: str) -> str:
     """``value`` as the right-hand side of SET (search_path as a list)."""
-    if name == "search_path":
-        return value
-    return "'" + value.replace("'", "''") + "'"
+    return value if name == "search_path" else _literal(value)
 
 
 def _literal(value: str) -> str:
@@ -221,18 +222,18 @@ def _connect(host: str, port: int, role: str, app: str) -> psycopg.Connection[An
 @pytest.fixture(scope="module")
 def pool_env(pg_cluster: PostgresCluster) -> Iterator[PoolEnv]:
     pg_cluster.sql(_drop_sql())
-    pg_cluster.sql(_setup_sql())
-    pg_cluster.sql(_schema_sql(), dbname=DB)
-    defaults: dict[str, dict[str, str]] = {}
-    for role in LOGIN_ROLES:
-        with _connect(pg_cluster.host, pg_cluster.port, role, "") as conn:
-            row = conn.execute(OBSERVE_SQL, prepare=False).fetchone()
-        assert row is not None
-        defaults[role] = dict(zip(SETTINGS, row[2:6], strict=True))
-        # The premise: each role logs in with its own defaults.
-        for name, value in ROLE_DEFAULTS[role].items():
-            assert defaults[role][name] == value, (role, defaults[role])
     try:
+        pg_cluster.sql(_setup_sql())
+        pg_cluster.sql(_schema_sql(), dbname=DB)
+        defaults: dict[str, dict[str, str]] = {}
+        for role in LOGIN_ROLES:
+            with _connect(pg_cluster.host, pg_cluster.port, role, "") as conn:
+                row = conn.execute(OBSERVE_SQL, prepare=False).fetchone()
+            assert row is not None
+            defaults[role] = dict(zip(SETTINGS, row[2:6], strict=True))
+            # The premise: each role logs in with its own defaults.
+            for name, value in ROLE_DEFAULTS[role].items():
+                assert defaults[role][name] == value, (role, defaults[role])
         yield PoolEnv(pg_cluster, defaults)
     finally:
         pg_cluster.sql(_drop_sql())
@@ -569,29 +570,47 @@ class PoolMachine(RuleBasedStateMachine):
             assert observe(newcomer)[0] == login_view(role, app, self.env.defaults[role]), (
                 f"a new client of {role} sees what a client before it left")
 
+    def draw_role(self, data: st.DataObject, client: Client) -> str:
+        """A role to SET ROLE to: one the client may become, more often than not."""
+        allowed = sorted(MEMBER_OF[client.role] | {client.role})
+        return data.draw(st.sampled_from(allowed + list(ROLE_TARGETS)), label="role")
+
     @precondition(has_usable)
-    @rule(data=st.data(), wanted=st.sampled_from(ROLE_TARGETS),
-          spelling=st.sampled_from(("SET ROLE", "SET LOCAL ROLE", "RESET ROLE",
-                                    "SET ROLE NONE", "SET SESSION AUTHORIZATION")))
-    def set_role(self, data: st.DataObject, wanted: str, spelling: str) -> None:
+    @rule(data=st.data())
+    def set_role(self, data: st.DataObject) -> None:
         client = self.pick(data, self.usable())
-        if spelling in ("RESET ROLE", "SET ROLE NONE"):
-            self.run(client, spelling, pins=frozenset({"role"}),
-                     then=lambda _: client.set_session("role", None))
-        elif spelling == "SET SESSION AUTHORIZATION":
-            # Only a superuser may; the pool pins anyway.
-            other = wanted if wanted != client.role and wanted in LOGIN_ROLES else (
-                next(role for role in LOGIN_ROLES if role != client.role))
-            self.run(client, f"SET SESSION AUTHORIZATION {other}", pins=frozenset({"role"}),
-                     error="42501")
-        else:
-            local = spelling == "SET LOCAL ROLE"
-            allowed = client.may_become(wanted)
-            self.run(client, f"{spelling} {wanted}",
-                     pins=frozenset() if local else frozenset({"role"}),
-                     error=None if allowed else "42501",
-                     then=lambda _: (client.set_local if local else client.set_session)(
-                         "role", wanted))
+        wanted = self.draw_role(data, client)
+        self.run(client, f"SET ROLE {wanted}", pins=frozenset({"role"}),
+                 error=None if client.may_become(wanted) else "42501",
+                 then=lambda _: client.set_session("role", wanted))
+
+    @precondition(has_usable)
+    @rule(data=st.data())
+    def set_local_role(self, data: st.DataObject) -> None:
+        client = self.pick(data, self.usable())
+        wanted = self.draw_role(data, client)
+        # Checked even outside a transaction block, where it lasts one statement.
+        self.run(client, f"SET LOCAL ROLE {wanted}",
+                 error=None if client.may_become(wanted) else "42501",
+                 then=lambda _: client.set_local("role", wanted))
+
+    @precondition(has_usable)
+    @rule(data=st.data(), spelling=st.sampled_from(("RESET ROLE", "SET ROLE NONE")))
+    def reset_role(self, data: st.DataObject, spelling: str) -> None:
+        client = self.pick(data, self.usable())
+        self.run(client, spelling, pins=frozenset({"role"}),
+                 then=lambda _: client.set_session("role", None))
+
+    @precondition(has_usable)
+    @rule(data=st.data(), other=st.sampled_from(LOGIN_ROLES))
+    def set_session_authorization(self, data: st.DataObject, other: str) -> None:
+        """Only a superuser may (and the login roles are not): an error, but the
+        pool pins all the same."""
+        client = self.pick(data, self.usable())
+        if other == client.role:
+            other = next(role for role in LOGIN_ROLES if role != client.role)
+        self.run(client, f"SET SESSION AUTHORIZATION {other}", pins=frozenset({"role"}),
+                 error="42501")
 
     @precondition(has_usable)
     @rule(data=st.data(), name=st.sampled_from(SETTINGS), choice=st.integers(0, 3),
@@ -617,17 +636,6 @@ class PoolMachine(RuleBasedStateMachine):
                      pins=frozenset() if local else session, rows=((value,),),
                      then=lambda _: (client.set_local if local else client.set_session)(
                          name, value))
-
-    @precondition(has_usable)
-    @rule(data=st.data())
-    def reset_all(self, data: st.DataObject) -> None:
-        client = self.pick(data, self.usable())
-
-        def done(_: Outcome) -> None:
-            for name in SETTINGS:  # RESET ALL leaves the role alone
-                client.set_session(name, client.defaults[name])
-
-        self.run(client, "RESET ALL", pins=frozenset({"settings"}), then=done)
 
     @precondition(has_idle_usable)
     @rule(data=st.data())
@@ -791,12 +799,29 @@ class PoolMachine(RuleBasedStateMachine):
                  then=lambda _: client.set_session("work_mem", value))
 
     @precondition(has_usable)
-    @rule(data=st.data())
-    def discard_all(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), command=st.sampled_from(("DISCARD ALL", "DEALLOCATE ALL",
+                                                   "RESET ALL")))
+    def clean_up(self, data: st.DataObject, command: str) -> None:
+        """What a client does to start over (one rule: each is a big eraser, and
+        state must be left behind now and then for the pool to clean up)."""
         client = self.pick(data, self.usable())
-        self.run(client, self.unique("DISCARD ALL"),
-                 error="25001" if client.transaction is not None else None,
-                 then=lambda _: client.login_state())
+        if command == "DISCARD ALL":
+            self.run(client, self.unique(command),
+                     error="25001" if client.transaction is not None else None,
+                     then=lambda _: client.login_state())
+        elif command == "DEALLOCATE ALL":
+            def deallocated(_: Outcome) -> None:
+                client.sql_prepared.clear()
+                client.driver_prepared.clear()  # psycopg forgets its own too
+                client.pins.discard("prepare")
+
+            self.run(client, self.unique(command), then=deallocated)
+        else:
+            def reset(_: Outcome) -> None:
+                for name in SETTINGS:  # RESET ALL leaves the role alone
+                    client.set_session(name, client.defaults[name])
+
+            self.run(client, command, pins=frozenset({"settings"}), then=reset)
 
     # -- what must hold ----------------------------------------------------------------
 
@@ -947,11 +972,10 @@ def test_a_prepared_statement_is_planned_for_its_own_client(
     """Client A prepares ``SELECT v FROM marker`` where ``marker`` has an int
     column (its temporary table, or SET LOCAL search_path); client B, next on
     the same server connection, prepares the same text where ``marker`` has a
-    text column. Directly B reads 'three'. Through the pool B's Parse is
-    answered from A's server statement (same text, same pool name), so B's
-    Bind runs A's statement, which PostgreSQL re-plans for B's table and then
-    refuses: 0A000 "cached plan must not change result type" -- on every try,
-    since each new psycopg name maps to the same pool name again."""
+    text column, and reads 'three' as it does directly. (When the pool named
+    statements by their text, B's Parse was answered from A's statement and
+    B's Bind ran it: PostgreSQL re-planned it for B's table and refused with
+    0A000 "cached plan must not change result type", on every try.)"""
     host, port = one_connection
     first_setup, second_setup = SAME_TEXT_OTHER_TABLE[setup]
     query = "SELECT v FROM marker"
@@ -974,12 +998,9 @@ def test_a_prepared_statement_is_planned_for_its_own_client(
 
 def test_protocol_statements_of_one_client_are_invisible_to_the_next(
         one_connection: tuple[str, int]) -> None:
-    """Client A runs a statement with prepare=True; client B, next on the same
-    server connection, must not find A's statement text in
-    pg_prepared_statements, as it would not on a connection of its own. The
-    pool keeps the renamed statement on the connection for whoever prepares
-    the same text next, and B reads it (and could EXECUTE or DEALLOCATE it by
-    its pgwire_ name)."""
+    """Client A runs a statement with prepare=True and leaves; client B, next
+    on the same server connection, must not find A's statement text in
+    pg_prepared_statements, as it would not on a connection of its own."""
     host, port = one_connection
     secret = "pool_sm: a text only client A ever sent"
     with _connect(host, port, ANN, "") as first:
@@ -989,3 +1010,43 @@ def test_protocol_statements_of_one_client_are_invisible_to_the_next(
         texts = execute(second, "SELECT statement FROM pg_catalog.pg_prepared_statements")
     assert texts.error is None
     assert not [row for row in texts.rows if secret in row[0]], texts.rows
+
+
+def test_a_client_cannot_drop_another_clients_statement(
+        one_connection: tuple[str, int]) -> None:
+    """Client A (connected) has a statement prepared with prepare=True; client
+    B, on the same server connection between A's transactions, reads the
+    pool's name for it from pg_prepared_statements (the pool documents that
+    texts are visible) and sends ``DEALLOCATE <that name>``. Directly, B has
+    no such statement (26000) and A's statement is untouched. Through the pool
+    the server drops A's statement: the pool still lists it on the connection,
+    so A's next execution (a Bind only) fails with 26000."""
+    host, port = one_connection
+    query = "SELECT 'pool_sm: only A prepares this'::text, %s::int"
+    with _connect(host, port, ANN, "") as first, _connect(host, port, ANN, "") as second:
+        assert execute(first, query, (1,), prepare=True).error is None
+        names = execute(second, "SELECT name FROM pg_catalog.pg_prepared_statements "
+                        "WHERE statement LIKE '%only A prepares this%'")
+        assert names.error is None
+        dropped = [execute(second, psycopg.sql.SQL("DEALLOCATE {}").format(
+            psycopg.sql.Identifier(name)).as_string(second)) for (name,) in names.rows]
+        again = execute(first, query, (2,), prepare=True)
+    assert again == Outcome(None, "SELECT 1", (("pool_sm: only A prepares this", 2),))
+    assert all(outcome.error == "26000" for outcome in dropped), (names.rows, dropped)
+
+
+def test_a_client_cannot_execute_another_clients_statement(
+        one_connection: tuple[str, int]) -> None:
+    """As above, but B runs ``EXECUTE <that name>(41)``: directly B has no such
+    statement (26000); through the pool B runs A's statement and reads its
+    answer."""
+    host, port = one_connection
+    query = "SELECT 'pool_sm: only A runs this'::text, %s::int"
+    with _connect(host, port, ANN, "") as first, _connect(host, port, ANN, "") as second:
+        assert execute(first, query, (1,), prepare=True).error is None
+        names = execute(second, "SELECT name FROM pg_catalog.pg_prepared_statements "
+                        "WHERE statement LIKE '%only A runs this%'")
+        assert names.error is None
+        ran = [execute(second, psycopg.sql.SQL("EXECUTE {}(41)").format(
+            psycopg.sql.Identifier(name)).as_string(second)) for (name,) in names.rows]
+    assert all(outcome.error == "26000" for outcome in ran), (names.rows, ran)
