@@ -33,6 +33,7 @@ from pgwire.proxy.config_file import (
 )
 from pgwire.testing.cluster import PostgresCluster
 from pgwire.testing.proxy import ADAPTERS
+from tests.interop.proxy_wire import read_line
 
 ROOT = Path(__file__).resolve().parent.parent
 PROXY_AUTH = 'upstream = "127.0.0.1:5432"\n[auth]\nmode = "proxy"\n[auth.users]\napp = "pw"\n'
@@ -244,16 +245,6 @@ def cluster(pg_cluster: PostgresCluster) -> PostgresCluster:
                    f"CREATE ROLE {CLI_USER} LOGIN PASSWORD '{CLI_PASSWORD}'")
     return pg_cluster
 
-
-def read_line(process: subprocess.Popen[str], pattern: str) -> re.Match[str]:
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(pattern, line)
-    if match is None:
-        process.kill()
-        _, stderr = process.communicate()
-        pytest.fail(f"expected {pattern!r}, got {line!r}; stderr:\n{stderr}")
-    return match
 
 
 def psql(cluster: PostgresCluster, port: int, command: str, *, user: str, password: str,

@@ -48,6 +48,7 @@ from pgwire.proxy.config_file import (
     load_config,
 )
 from pgwire.testing.cluster import PostgresCluster
+from tests.interop.proxy_wire import read_line
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PGCLIENTENCODING": "UTF8"}
@@ -382,16 +383,6 @@ def stop(process: subprocess.Popen[str], timeout: float,
         _, stderr = process.communicate()
         pytest.fail(f"still running {timeout} s after the signal; stderr:\n{stderr}")
 
-
-def read_line(process: subprocess.Popen[str], pattern: str) -> re.Match[str]:
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(pattern, line)
-    if match is None:
-        process.kill()
-        _, stderr = process.communicate()
-        pytest.fail(f"expected {pattern!r}, got {line!r}; stderr:\n{stderr}")
-    return match
 
 
 LISTENING = r"^pgwire proxy listening on 127\.0\.0\.1:(\d+), upstream 127\.0\.0\.1:\d+ \((.*)\)$"

@@ -9,8 +9,10 @@ times out, so a proxy that never answers fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -110,3 +112,16 @@ class RawClient:
         """Hang up with a TCP reset (SO_LINGER 0), as a crashed client does."""
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
+
+
+def read_line(process: subprocess.Popen[str], pattern: str) -> re.Match[str]:
+    """The next line a subprocess prints, which must match ``pattern`` (else the
+    test fails with what it printed instead and its stderr)."""
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(pattern, line)
+    if match is None:
+        process.kill()
+        _, stderr = process.communicate()
+        pytest.fail(f"expected {pattern!r}, got {line!r}; stderr:\n{stderr}")
+    return match

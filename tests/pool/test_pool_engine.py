@@ -294,13 +294,8 @@ class Net:
         Requests of clients are left unanswered."""
         progress = True
         while progress:
-            progress = False
-            for link in self.opened():
-                self.link_up(link)
-                progress = True
-            for link, server in list(self.servers.items()):
-                if server.closed or server.hung_up or not server.connected:
-                    continue
+            progress = self._connect_opened()
+            for link, server in self._live_servers():
                 pooled = self.server(link)
                 if pooled.state == ServerState.LOGIN and not server.received:
                     self.accept_login(link)
@@ -320,18 +315,24 @@ class Net:
         transaction, COMMIT and ROLLBACK end it, anything else succeeds)."""
         progress = True
         while progress:
-            progress = False
-            for link in self.opened():
-                self.link_up(link)
-                progress = True
-            for link, server in list(self.servers.items()):
-                if server.closed or server.hung_up or not server.connected:
-                    continue
+            progress = self._connect_opened()
+            for link, server in self._live_servers():
                 for event in server.events():
                     answer = self._answer(server, event)
                     if answer and not server.closed:
                         self.server_sends(link, *answer)
                     progress = True
+
+    def _connect_opened(self) -> bool:
+        """Connect every link the pool asked for; whether there was any."""
+        opened = self.opened()
+        for link in opened:
+            self.link_up(link)
+        return bool(opened)
+
+    def _live_servers(self) -> list[tuple[int, Server]]:
+        return [(link, server) for link, server in self.servers.items()
+                if not (server.closed or server.hung_up or not server.connected)]
 
     def _answer(self, server: Server, event: object) -> tuple[pw.Message, ...]:
         if isinstance(event, pw.StartupMessage):

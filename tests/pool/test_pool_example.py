@@ -36,7 +36,7 @@ from pgwire.middleware.roles import RoleGuard
 from pgwire.proxy import DEFAULT_SESSION_STATE, ProxyAuth
 from pgwire.proxy.config_file import load_config
 from pgwire.testing.cluster import PostgresCluster
-from tests.interop.proxy_wire import wait_until
+from tests.interop.proxy_wire import read_line, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -178,16 +178,6 @@ class ExampleProxy:
         return self.stderr
 
 
-def _read_line(process: subprocess.Popen[str], pattern: str) -> re.Match[str]:
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(pattern, line)
-    if match is None:
-        process.kill()
-        _, stderr = process.communicate()
-        pytest.fail(f"expected {pattern!r}, got {line!r}; stderr:\n{stderr}")
-    return match
-
 
 @pytest.fixture
 def example_proxy(shop_cluster: PostgresCluster, tmp_path: Path) -> Iterator[ExampleProxy]:
@@ -204,12 +194,12 @@ def example_proxy(shop_cluster: PostgresCluster, tmp_path: Path) -> Iterator[Exa
                            "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
     try:
-        port = _read_line(process, r"^pgwire proxy listening on 127\.0\.0\.1:(\d+), upstream "
+        port = read_line(process, r"^pgwire proxy listening on 127\.0\.0\.1:(\d+), upstream "
                                    r"\S+ \(proxy auth scram-sha-256, transaction pool of 20, "
                                    r"asyncio\)$").group(1)
-        admin = _read_line(process, r"^pgwire admin console listening on "
+        admin = read_line(process, r"^pgwire admin console listening on "
                                     r"127\.0\.0\.1:(\d+)$").group(1)
-        metrics = _read_line(process, r"^pgwire metrics listening on "
+        metrics = read_line(process, r"^pgwire metrics listening on "
                                       r"(http://127\.0\.0\.1:\d+/metrics)$").group(1)
     except BaseException:
         if process.poll() is None:
