@@ -9,12 +9,16 @@ times out, so a proxy that never answers fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,10 +26,12 @@ import pytest
 import pgwire as pw
 from pgwire.client import ClientConnection
 
-__all__ = ["TIMEOUT", "RawClient", "wait_until"]
+__all__ = ["TIMEOUT", "RawClient", "load_example", "read_line", "wait_until"]
 
 #: Seconds any one client operation may take.
 TIMEOUT = 10.0
+#: The repository's examples/ directory.
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 Event = pw.FrontendEvent
 
@@ -125,3 +131,17 @@ def read_line(process: subprocess.Popen[str], pattern: str) -> re.Match[str]:
         _, stderr = process.communicate()
         pytest.fail(f"expected {pattern!r}, got {line!r}; stderr:\n{stderr}")
     return match
+
+
+def load_example(name: str) -> ModuleType:
+    """Import examples/<name>.py from its path (examples/ is not a package), as
+    ``example_<name>``; importing it twice gives the same module."""
+    module_name = f"example_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module   # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

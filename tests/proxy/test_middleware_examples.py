@@ -9,7 +9,6 @@ or ``prepare=True`` for the extended protocol (Parse/Bind/Execute).
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import signal
 import subprocess
@@ -18,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import psycopg
@@ -31,20 +29,10 @@ from pgwire.middleware import Reject
 from pgwire.proxy import ProxyConfig
 from pgwire.testing.cluster import PostgresCluster
 from pgwire.testing.proxy import RunningProxy, running_proxy
+from tests.interop.proxy_wire import load_example
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 15.0
-
-
-def load_example(name: str) -> ModuleType:
-    """Import examples/<name>.py from its path (examples/ is not a package)."""
-    path = ROOT / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 read_only = load_example("read_only")
