@@ -162,6 +162,11 @@ class SQLConnection:
                 self._sock.sendall(outgoing)
             event = link.next_event()
             if event is NEED_DATA:
+                # next_event may have queued bytes of its own (the TLS handshake's
+                # last flight, then the StartupMessage): send them before waiting.
+                outgoing = link.data_to_send()
+                if outgoing:
+                    self._sock.sendall(outgoing)
                 link.receive_data(self._sock.recv(65536))
                 continue
             if isinstance(event, DataRow):
