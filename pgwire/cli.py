@@ -103,6 +103,12 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="a seq and hash recorded elsewhere (the sink logs them when it "
                              "closes) that the file must still contain: detects records cut "
                              "off the end")
+
+    from .roles._report_cli import configure_parser as configure_roles  # noqa: PLC0415
+    configure_roles(commands)
+
+    from .scenarios.cli import configure_parser as configure_check  # noqa: PLC0415
+    configure_check(commands)
     return parser
 
 
@@ -218,6 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_proxy(args)
     if args.command == "audit":
         return _run_audit_verify(args)
+    if args.command == "roles":
+        from .roles._report_cli import run as run_roles  # noqa: PLC0415
+        return run_roles(args)
+    if args.command == "check":
+        from .scenarios.cli import run as run_check  # noqa: PLC0415
+        return run_check(args)
     try:
         return _run_demo(args, parser)
     except KeyboardInterrupt:

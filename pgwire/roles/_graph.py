@@ -53,7 +53,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from ..sqlclient import Address, QueryError, SQLConnection
 from ..tls import SSLMode
@@ -84,7 +84,12 @@ DATABASE_OWNER_ROLE: Final = "pg_database_owner"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoleInfo:
-    """One row of ``pg_roles``: a role's name, OID and attributes."""
+    """One row of ``pg_roles``: a role's name, OID and attributes.
+
+    ``connection_limit`` is ``rolconnlimit`` (-1: no limit) and ``valid_until``
+    the text of ``rolvaliduntil`` (None: the password never expires); both are
+    for reports and play no part in any decision.
+    """
 
     name: str
     oid: int
@@ -95,6 +100,8 @@ class RoleInfo:
     bypassrls: bool = False
     login: bool = False
     inherit: bool = True
+    connection_limit: int = -1
+    valid_until: str | None = None
 
     @property
     def attributes(self) -> frozenset[str]:
@@ -122,7 +129,9 @@ class Membership:
 
     ``inherit_option`` and ``set_option`` exist from PostgreSQL 16 on; they are
     ``None`` for a graph loaded from PostgreSQL 15 or older, where every
-    membership allows ``SET ROLE``.
+    membership allows ``SET ROLE``. ``grantor`` is the role that made the
+    grant, when the loader knows it (None for hand-built grants, or when the
+    grantor role no longer exists).
     """
 
     role: str
@@ -130,6 +139,7 @@ class Membership:
     admin_option: bool = False
     inherit_option: bool | None = None
     set_option: bool | None = None
+    grantor: str | None = None
 
     @property
     def allows_set_role(self) -> bool:
@@ -506,7 +516,7 @@ _ROLE_WORDS: Final[dict[str, tuple[str, bool]]] = {
 
 def _role_from_words(entry: str | tuple[str, str], oid: int) -> RoleInfo:
     name, words = (entry, "") if isinstance(entry, str) else entry
-    flags: dict[str, bool] = {}
+    flags: dict[str, Any] = {}
     for word in words.upper().split():
         if word not in _ROLE_WORDS:
             raise ValueError(f"unknown role option {word!r} for {name!r}; "
@@ -548,7 +558,8 @@ _VERSION_SQL = "SELECT pg_catalog.current_setting('server_version_num')"
 
 _ROLES_SQL = """
 SELECT r.rolname, r.oid, r.rolsuper, r.rolcreaterole, r.rolcreatedb,
-       r.rolreplication, r.rolbypassrls, r.rolcanlogin, r.rolinherit
+       r.rolreplication, r.rolbypassrls, r.rolcanlogin, r.rolinherit,
+       r.rolconnlimit, r.rolvaliduntil::pg_catalog.text
 FROM pg_catalog.pg_roles AS r
 """
 
@@ -559,7 +570,7 @@ WHERE a.attrelid = 'pg_catalog.pg_auth_members'::pg_catalog.regclass
 """
 
 _MEMBERS_SQL = """
-SELECT m.roleid, m.member, m.admin_option, {inherit_option}, {set_option}
+SELECT m.roleid, m.member, m.admin_option, {inherit_option}, {set_option}, m.grantor
 FROM pg_catalog.pg_auth_members AS m
 """
 
@@ -616,7 +627,8 @@ def _read_graph(conn: SQLConnection) -> RoleGraph:
     roles = [RoleInfo(name=_text(row[0]), oid=_int(row[1]), superuser=_bool(row[2]),
                       createrole=_bool(row[3]), createdb=_bool(row[4]),
                       replication=_bool(row[5]), bypassrls=_bool(row[6]),
-                      login=_bool(row[7]), inherit=_bool(row[8]))
+                      login=_bool(row[7]), inherit=_bool(row[8]),
+                      connection_limit=_int(row[9]), valid_until=row[10])
              for row in conn.query(_ROLES_SQL)]
     role_names = {info.oid: info.name for info in roles}
 
@@ -633,7 +645,8 @@ def _read_graph(conn: SQLConnection) -> RoleGraph:
         memberships.append(Membership(
             role=role, member=member, admin_option=_bool(row[2]),
             inherit_option=None if row[3] is None else _bool(row[3]),
-            set_option=None if row[4] is None else _bool(row[4])))
+            set_option=None if row[4] is None else _bool(row[4]),
+            grantor=role_names.get(_int(row[5]))))
 
     database_names: dict[int, str] = {}
     owners: dict[str, str] = {}
