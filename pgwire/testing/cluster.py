@@ -301,7 +301,9 @@ class PostgresCluster:
         bindir = self._bindir_arg or find_postgres_bindir()
         missing = _missing_programs(bindir)
         if missing:
-            raise ClusterUnavailable(f"{bindir} does not contain {', '.join(missing)}")
+            raise ClusterUnavailable(
+                f"{bindir} does not contain {', '.join(missing)}.\n{_INSTALL_HELP}"
+            )
         if self._ssl and shutil.which("openssl") is None:
             raise ClusterUnavailable(
                 "ssl=True needs the openssl command-line tool: apt-get install openssl "

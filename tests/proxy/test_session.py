@@ -12,7 +12,7 @@ AuthenticationOk directly (a passthrough login without a password).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +50,11 @@ from pgwire.proxy import (
     RunJob,
     SendToClient,
     SendToUpstream,
-    Session,
     StartTimer,
     instance_of,
 )
 from pgwire.testing import strategies as pst
+from pgwire.testing.harness import SessionHarness, drain
 from pgwire.testing.pki import CertificateAuthority
 from pgwire.tls import server_context
 
@@ -67,127 +67,17 @@ SERVER_KEY = (4242, b"\x0a\x0b\x0c\x0d")
 REJECT_QUERY = re.compile(r"SELECT pg_catalog\.(pgwire_reject_[0-9a-f]+_\d+)\(\)")
 
 
-class Wire:
-    """One session, with a Frontend for the client and a Backend for the server."""
+class Wire(SessionHarness):
+    """One session, with a Frontend for the client and a Backend for the server.
 
-    def __init__(self, *middleware: Any, proxy: Proxy | None = None,
-                 server_decode: set[bytes] | None = None, **settings: Any) -> None:
-        if proxy is None:
-            proxy = Proxy(ProxyConfig(upstream=UPSTREAM, middleware=list(middleware),
-                                      **settings))
-        self.proxy = proxy
-        self.session: Session = proxy.new_session(("127.0.0.1", 50000))
-        self.client = pw.Frontend()
-        self.server = pw.Backend(decode=server_decode)
-        #: Every action the session returned, in order.
-        self.actions: list[Action] = []
-        #: Bytes sent on links other than the main one.
-        self.other_links: dict[int, bytearray] = {}
-        self.client_closed = False
-        self.server_closed = False
+    The public :class:`pgwire.testing.harness.SessionHarness`, whose login here
+    also checks that the session opened its server link to UPSTREAM.
+    """
 
-    # -- routing -------------------------------------------------------------------
-
-    def feed(self, actions: list[Action]) -> list[Action]:
-        """Deliver what the session sent; return the actions for assertions."""
-        if any(isinstance(a, CloseClient) for a in actions):
-            assert isinstance(actions[-1], CloseClient), actions
-        for action in actions:
-            if isinstance(action, SendToClient):
-                assert not self.client_closed
-                self.client.receive_data(action.data)
-            elif isinstance(action, SendToUpstream):
-                if action.link == MAIN_LINK:
-                    assert not self.server_closed
-                    self.server.receive_data(action.data)
-                else:
-                    self.other_links.setdefault(action.link, bytearray()).extend(action.data)
-            elif isinstance(action, CloseClient):
-                self.client_closed = True
-                self.client.receive_data(b"")
-            elif isinstance(action, CloseUpstream) and action.link == MAIN_LINK and (
-                not self.server_closed
-            ):
-                self.server_closed = True
-                self.server.receive_data(b"")
-        self.actions.extend(actions)
-        return actions
-
-    def start(self) -> list[Action]:
-        return self.feed(self.session.start())
-
-    def client_sends(self, *messages: pw.Message) -> list[Action]:
-        data = b"".join(self.client.send(message) for message in messages)
-        return self.feed(self.session.client_data(data))
-
-    def server_sends(self, *messages: pw.Message) -> list[Action]:
-        data = b"".join(self.server.send(message) for message in messages)
-        return self.feed(self.session.upstream_data(data))
-
-    def client_events(self) -> list[object]:
-        return drain(self.client)
-
-    def server_events(self) -> list[object]:
-        return drain(self.server)
-
-    # -- conversations -------------------------------------------------------------
-
-    def login(self, *, parameters: Sequence[tuple[str, str]] = (),
-              protocol_version: int = pw.PROTOCOL_3_0,
-              server_key: tuple[int, bytes] | None = SERVER_KEY) -> list[object]:
-        """A passthrough login the server accepts without a password."""
-        self.start()
-        startup = pw.StartupMessage(
-            protocol_version=protocol_version,
-            parameters=(("user", "alice"), ("database", "app"), *parameters))
-        assert self.client_sends(startup) == [OpenUpstream(MAIN_LINK, UPSTREAM, 10.0)]
-        self.feed(self.session.upstream_connected(MAIN_LINK))
-        [upstream_startup] = self.server_events()
-        assert isinstance(upstream_startup, pw.StartupMessage)
-        self.upstream_startup = upstream_startup
-        answer: list[pw.Message] = [
-            pw.AuthenticationOk(),
-            pw.ParameterStatus(name="server_version", value="15.0"),
-            pw.ParameterStatus(name="client_encoding", value="UTF8"),
-            pw.ParameterStatus(name="standard_conforming_strings", value="on"),
-        ]
-        if server_key is not None:
-            answer.append(pw.BackendKeyData(process_id=server_key[0], secret_key=server_key[1]))
-        answer.append(ready())
-        self.server_sends(*answer)
-        return self.client_events()
-
-    def logged_in(self, **options: Any) -> Wire:
-        events = self.login(**options)
-        assert isinstance(events[-1], pw.ReadyForQuery)
-        return self
-
-    def query(self, sql: str, *answer: pw.Message) -> list[object]:
-        """Send a Query, check the server got it, answer it; the client's events."""
-        self.client_sends(pw.Query(query=sql))
-        assert self.server_events() == [pw.Query(query=sql)]
-        self.server_sends(*answer)
-        return self.client_events()
-
-    def fatal(self) -> pw.ErrorResponse:
-        """The session ended: the FATAL error the client got, and nothing after it."""
-        events = self.client_events()
-        assert isinstance(events[-1], pw.ConnectionClosed), events
-        errors = [e for e in events if isinstance(e, pw.ErrorResponse)]
-        assert errors and errors[-1].severity == "FATAL", events
-        assert isinstance(self.actions[-1], CloseClient)
-        assert self.session.is_closed
-        return errors[-1]
-
-
-def drain(connection: pw.Frontend | pw.Backend) -> list[object]:
-    """Events up to NEED_DATA, or up to and including ConnectionClosed."""
-    events: list[object] = []
-    while (event := connection.next_event()) is not pw.NEED_DATA:
-        events.append(event)
-        if isinstance(event, pw.ConnectionClosed):
-            break
-    return events
+    def login(self, **options: Any) -> list[object]:
+        events = super().login(**options)
+        assert OpenUpstream(MAIN_LINK, UPSTREAM, 10.0) in self.actions
+        return events
 
 
 def ready(status: pw.TransactionStatus = IDLE) -> pw.ReadyForQuery:
