@@ -40,7 +40,32 @@ from .protocol import (
 )
 from .tls import SSLMode
 
-__all__ = ["QueryError", "SQLConnection"]
+__all__ = ["QueryError", "SQLConnection", "quote_identifier", "quote_literal"]
+
+#: NAMEDATALEN - 1: PostgreSQL cuts longer identifiers short.
+MAX_IDENTIFIER_BYTES = 63
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier, whatever it holds: ``a"b`` -> ``"a""b"``.
+
+    Raises ``ValueError`` for an empty name, a NUL, or more than 63 bytes
+    (PostgreSQL would cut the name short and act on another object).
+    """
+    if not name or "\x00" in name:
+        raise ValueError(f"not a usable identifier: {name!r}")
+    if len(name.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"identifier longer than {MAX_IDENTIFIER_BYTES} bytes "
+                         f"(PostgreSQL would cut it): {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """``value`` as an ``E''`` string constant: the same text whatever
+    ``standard_conforming_strings`` says. Raises ``ValueError`` for a NUL."""
+    if "\x00" in value:
+        raise ValueError("a string constant cannot hold NUL")
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 Address = tuple[str, int] | str
 Row = tuple[str | None, ...]

@@ -55,6 +55,7 @@ __all__ = [
     "describe_listen",
     "load_config",
     "parse_config",
+    "read_toml",
 ]
 
 AdapterName = Literal["asyncio", "trio", "blocking"]
@@ -161,16 +162,23 @@ def load_config(path: str | os.PathLike[str], *, overrides: Iterable[Override] =
     Raises:
         ConfigError: the file cannot be read, is not TOML, or a key is wrong.
     """
+    return parse_config(read_toml(path), source=os.fspath(path),
+                        base_dir=Path(path).resolve().parent, overrides=overrides,
+                        environ=environ)
+
+
+def read_toml(path: str | os.PathLike[str],
+              error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """The TOML document at ``path``; raises ``error`` (a :class:`ConfigError`
+    class) naming the file when it cannot be read or is not TOML."""
     source = os.fspath(path)
     try:
         with open(path, "rb") as file:
-            data = tomllib.load(file)
+            return tomllib.load(file)
     except OSError as exc:
-        raise ConfigError(source, None, f"cannot read the file: {exc.strerror or exc}") from None
+        raise error(source, None, f"cannot read the file: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, None, f"not valid TOML: {exc}") from None
-    return parse_config(data, source=source, base_dir=Path(path).resolve().parent,
-                        overrides=overrides, environ=environ)
+        raise error(source, None, f"not valid TOML: {exc}") from None
 
 
 def parse_config(data: Mapping[str, Any], *, source: str = "command line",

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -36,7 +35,7 @@ from typing import Any, Final
 from ..middleware.base import Middleware
 from ..middleware.rewrite import RoleRewrite
 from ..middleware.roles import RoleGuard
-from ..proxy.config_file import ConfigError, ProxyFile, parse_config
+from ..proxy.config_file import ConfigError, ProxyFile, parse_config, read_toml
 from ..sqlclient import SQLConnection
 from ._graph import RoleGraph
 from ._report_build import WARNING_CODES, build_report
@@ -163,15 +162,8 @@ def load_proxy_for_report(path: str | os.PathLike[str], graph: RoleGraph) -> Pro
     Raises:
         ConfigError: the file cannot be read, is not TOML, or a key is wrong.
     """
-    source = os.fspath(path)
-    try:
-        with open(path, "rb") as file:
-            data: dict[str, Any] = tomllib.load(file)
-    except OSError as exc:
-        raise ConfigError(source, None, f"cannot read the file: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, None, f"not valid TOML: {exc}") from None
-    return proxy_for_report(data, graph, source=source, base_dir=Path(path).resolve().parent)
+    return proxy_for_report(read_toml(path), graph, source=os.fspath(path),
+                            base_dir=Path(path).resolve().parent)
 
 
 def proxy_for_report(data: Mapping[str, Any], graph: RoleGraph, *, source: str,

@@ -8,31 +8,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..protocol import ProtocolError
-from ..sqlclient import QueryError, SQLConnection
+from ..sqlclient import QueryError, SQLConnection, quote_identifier, quote_literal
 from ..testing.cluster import PostgresCluster
 from ..tls import SSLMode
 from ._load import ScenarioError, dotted_name
 from ._model import Membership, RoleSpec, ScenarioFile
 
-__all__ = ["Database", "open_database", "quote_identifier", "quote_literal"]
+__all__ = ["Database", "grant_sql", "open_database", "quote_identifier", "quote_literal",
+           "role_sql"]
 
 #: PostgreSQL 16 brought the INHERIT and SET options of a grant.
 _GRANT_OPTIONS_VERSION = 160000
-
-
-def quote_identifier(name: str) -> str:
-    """``name`` as a quoted SQL identifier, whatever it holds: ``a"b`` -> ``"a""b"``."""
-    if not name or "\x00" in name:
-        raise ValueError(f"not a usable identifier: {name!r}")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    """``value`` as an ``E''`` string constant: the same text whatever
-    ``standard_conforming_strings`` says."""
-    if "\x00" in value:
-        raise ValueError("a string constant cannot hold NUL")
-    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 @dataclass(kw_only=True)
@@ -201,33 +187,12 @@ class _Setup:
                             "unless the member is NOINHERIT)")
 
     def _role(self, role: RoleSpec) -> None:
-        key = f"roles.{dotted_name(role.name)}"
-        flags = [
-            "LOGIN" if role.login else "NOLOGIN",
-            "SUPERUSER" if role.superuser else "NOSUPERUSER",
-            "CREATEDB" if role.createdb else "NOCREATEDB",
-            "CREATEROLE" if role.createrole else "NOCREATEROLE",
-            "INHERIT" if role.inherit else "NOINHERIT",
-            "REPLICATION" if role.replication else "NOREPLICATION",
-            "BYPASSRLS" if role.bypassrls else "NOBYPASSRLS",
-            f"CONNECTION LIMIT {role.connection_limit}",
-            f"PASSWORD {quote_literal(role.password)}" if role.password is not None
-            else "PASSWORD NULL",
-        ]
         exists = self.admin.query("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
                                   [role.name])
-        verb = "ALTER ROLE" if exists else "CREATE ROLE"
-        self._sql(key, f"{verb} {quote_identifier(role.name)} WITH {' '.join(flags)}")
+        self._sql(f"roles.{dotted_name(role.name)}", role_sql(role, exists=bool(exists)))
 
     def _grant(self, role: RoleSpec, membership: Membership) -> str:
-        grant = f"GRANT {quote_identifier(membership.role)} TO {quote_identifier(role.name)}"
-        if self.db.server_version >= _GRANT_OPTIONS_VERSION:
-            options = [f"{name.upper()} {'TRUE' if value else 'FALSE'}"
-                       for name, value in (("admin", membership.admin),
-                                           ("inherit", membership.inherit),
-                                           ("set", membership.set)) if value is not None]
-            return grant + (f" WITH {', '.join(options)}" if options else "")
-        return grant + (" WITH ADMIN OPTION" if membership.admin else "")
+        return grant_sql(role.name, membership, server_version=self.db.server_version)
 
     def _sql(self, key: str, sql: str, conn: SQLConnection | None = None) -> None:
         try:
@@ -236,3 +201,35 @@ class _Setup:
             raise ScenarioError(self.spec.source, key,
                                 f"PostgreSQL refused the setup: {exc.sqlstate}: {exc.message}"
                                 ) from None
+
+
+def role_sql(role: RoleSpec, *, exists: bool = False) -> str:
+    """``CREATE ROLE`` for ``role`` with every attribute spelled out, or the
+    ``ALTER ROLE`` that brings an existing role to the same state."""
+    flags = [
+        "LOGIN" if role.login else "NOLOGIN",
+        "SUPERUSER" if role.superuser else "NOSUPERUSER",
+        "CREATEDB" if role.createdb else "NOCREATEDB",
+        "CREATEROLE" if role.createrole else "NOCREATEROLE",
+        "INHERIT" if role.inherit else "NOINHERIT",
+        "REPLICATION" if role.replication else "NOREPLICATION",
+        "BYPASSRLS" if role.bypassrls else "NOBYPASSRLS",
+        f"CONNECTION LIMIT {role.connection_limit}",
+        f"PASSWORD {quote_literal(role.password)}" if role.password is not None
+        else "PASSWORD NULL",
+    ]
+    verb = "ALTER ROLE" if exists else "CREATE ROLE"
+    return f"{verb} {quote_identifier(role.name)} WITH {' '.join(flags)}"
+
+
+def grant_sql(member: str, membership: Membership, *, server_version: int) -> str:
+    """``GRANT membership.role TO member`` with the options the server knows:
+    ADMIN, and from PostgreSQL 16 INHERIT and SET."""
+    grant = f"GRANT {quote_identifier(membership.role)} TO {quote_identifier(member)}"
+    if server_version >= _GRANT_OPTIONS_VERSION:
+        options = [f"{name.upper()} {'TRUE' if value else 'FALSE'}"
+                   for name, value in (("admin", membership.admin),
+                                       ("inherit", membership.inherit),
+                                       ("set", membership.set)) if value is not None]
+        return grant + (f" WITH {', '.join(options)}" if options else "")
+    return grant + (" WITH ADMIN OPTION" if membership.admin else "")

@@ -13,7 +13,6 @@ import inspect
 import itertools
 import os
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, cast
@@ -29,6 +28,7 @@ from ..proxy.config_file import (
     _set_dotted,
     _show,
     parse_config,
+    read_toml,
 )
 from ..proxy.config_file import _Table as _ProxyTable
 from ..tls import SSLMODES, SSLMode
@@ -214,15 +214,9 @@ def load_scenario_file(path: str | os.PathLike[str], *,
             the message names the file and the key.
     """
     source = os.fspath(path)
-    try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise ScenarioError(source, None, f"cannot read the file: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(source, None, f"not valid TOML: {exc}") from None
-    return parse_scenarios(data, source=source, base_dir=Path(path).resolve().parent,
-                           environ=environ, overrides=overrides)
+    return parse_scenarios(read_toml(path, ScenarioError), source=source,
+                           base_dir=Path(path).resolve().parent, environ=environ,
+                           overrides=overrides)
 
 
 def parse_scenarios(data: Mapping[str, Any], *, source: str = "<scenarios>",

@@ -1,9 +1,9 @@
 """The pgwire pytest plugin: a throwaway PostgreSQL, a running proxy, a connected client.
 
 pytest loads this module in every project where pgwire is installed (through
-the ``pytest11`` entry point), so importing it is cheap: it imports pytest
-and the standard library only, and starts nothing. Each fixture imports what
-it needs when a test first asks for it.
+the ``pytest11`` entry point), so importing it is cheap: it imports pytest, the standard library and
+pgwire's dependency-free core, and starts nothing. Each fixture imports
+what it needs when a test first asks for it.
 
 Fixtures (see ``docs/testing.md``):
 
@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import pytest
 
+from ..sqlclient import quote_identifier, quote_literal
+
 if TYPE_CHECKING:
     from ..proxy import ProxyConfig
     from .client import FrontendClient
@@ -58,7 +60,6 @@ __all__ = [
 #: repeated here so that loading the plugin imports no proxy code).
 ADAPTER_NAMES: Final[tuple[str, ...]] = ("asyncio", "trio", "blocking")
 _ADAPTER_OPTION_CHOICES: Final = (*ADAPTER_NAMES, "all")
-_MAX_IDENTIFIER_BYTES: Final = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,42 +136,22 @@ class Login:
 # -- SQL for the declared roles ---------------------------------------------------------
 
 
-def quote_identifier(name: str) -> str:
-    """``name`` as a quoted SQL identifier (``"a""b"``); refuses NUL, empty and over-long names."""
-    if not name or "\x00" in name:
-        raise ValueError(f"not a usable role name: {name!r}")
-    if len(name.encode()) > _MAX_IDENTIFIER_BYTES:
-        raise ValueError(f"role name longer than {_MAX_IDENTIFIER_BYTES} bytes "
-                         f"(PostgreSQL would cut it): {name!r}")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    """``value`` as an escape-string literal (``E'...'``), right whatever
-    ``standard_conforming_strings`` says; refuses NUL."""
-    if "\x00" in value:
-        raise ValueError("a SQL string cannot hold NUL")
-    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
 def role_statements(roles: Mapping[str, Role]) -> list[str]:
     """``CREATE ROLE`` for every role, then the ``GRANT`` of each membership."""
-    statements: list[str] = []
-    for name, role in roles.items():
-        words = ["LOGIN" if role.login else "NOLOGIN",
-                 "SUPERUSER" if role.superuser else "NOSUPERUSER",
-                 "CREATEROLE" if role.createrole else "NOCREATEROLE",
-                 "CREATEDB" if role.createdb else "NOCREATEDB",
-                 "BYPASSRLS" if role.bypassrls else "NOBYPASSRLS",
-                 "INHERIT" if role.inherit else "NOINHERIT"]
-        if role.password is not None:
-            words.append(f"PASSWORD {quote_literal(role.password)}")
-        statements.append(f"CREATE ROLE {quote_identifier(name)} WITH {' '.join(words)}")
+    from ..scenarios._database import grant_sql, role_sql  # noqa: PLC0415 - fixture time
+    from ..scenarios._model import Membership, RoleSpec  # noqa: PLC0415
+
     for name, role in roles.items():
         if isinstance(role.member_of, str):
             raise TypeError(f"member_of of {name!r} must be a list of role names, not a string")
-        statements += [f"GRANT {quote_identifier(group)} TO {quote_identifier(name)}"
-                       for group in role.member_of]
+    statements = [role_sql(RoleSpec(name=name, login=role.login, password=role.password,
+                                    superuser=role.superuser, createrole=role.createrole,
+                                    createdb=role.createdb, bypassrls=role.bypassrls,
+                                    inherit=role.inherit))
+                  for name, role in roles.items()]
+    # Plain grants (no INHERIT/SET options) read the same on every server version.
+    statements += [grant_sql(name, Membership(role=group), server_version=0)
+                   for name, role in roles.items() for group in role.member_of]
     return statements
 
 
