@@ -1,4 +1,4 @@
-"""Nox sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``.
+"""Nox sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``.
 
 The integration tests start their own PostgreSQL from the server binaries they find;
 ``./run tests`` also installs those when missing.
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -31,6 +31,15 @@ def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy --strict."""
     session.install("-e", ".[dev]")
     session.run("mypy", "--strict", "pgwire")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with warnings as errors (into site/, or a given directory)."""
+    session.install("-e", ".[docs]")
+    site = session.posargs[0] if session.posargs else "site"
+    session.run("mkdocs", "build", "--strict", "--site-dir", site,
+                env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session
