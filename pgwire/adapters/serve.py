@@ -48,7 +48,7 @@ from .asyncio import run as run_on_loop
 if TYPE_CHECKING:
     from .admin import AdminServer, MetricsServer
 
-__all__ = ["ConfigSource", "configure_logging", "listening_message", "serve"]
+__all__ = ["ConfigSource", "configure_logging", "listening_message", "serve", "wait_for_middleware"]
 
 logger = logging.getLogger("pgwire.proxy")
 
@@ -98,10 +98,25 @@ def serve(source: ConfigSource, *, out: TextIO | None = None) -> int:
     configure_logging(settings.log_level)
     if settings.workers > 1:
         return _Workers(source, settings, out).run()
+    wait_for_middleware(settings.config)
     if settings.adapter == "asyncio":
         status: int = run_on_loop(lambda: _serve_asyncio(settings, out))
         return status
     return _serve_other_adapter(settings, out)
+
+
+def wait_for_middleware(config: ProxyConfig) -> None:
+    """Give middleware that loads something at start (RoleGuard's role graph) up
+    to the connect timeout to be ready, before any client is accepted; log a
+    warning naming what is still missing (the proxy starts anyway)."""
+    for middleware in config.middleware:
+        if isinstance(middleware, type):
+            continue  # a class is made per session: nothing loaded yet
+        wait_ready = getattr(middleware, "wait_ready", None)
+        if callable(wait_ready):
+            problem = wait_ready(config.connect_timeout)
+            if problem:
+                logger.warning("%s: %s", type(middleware).__name__, problem)
 
 
 def _say(out: TextIO, line: str) -> None:
@@ -442,6 +457,7 @@ def _worker_main(job: _WorkerJob, ready: Any) -> None:
     except (ConfigError, ValueError) as exc:
         ready.put((job.index, str(exc)))
         sys.exit(1)
+    wait_for_middleware(config)
     sys.exit(run_on_loop(lambda: _worker_loop(config, job, lambda e: ready.put((job.index, e)))))
 
 

@@ -167,10 +167,28 @@ class RoleGuard(Middleware[GuardState]):
         if isinstance(privileged_roles, str):
             raise ValueError("privileged_roles must be a list of role names, not a string")
         self.privileged_roles = frozenset(privileged_roles)
+        self._loading: threading.Thread | None = None
         if graph is not None and graph.current() is None:
             # Load now, off the caller's thread: the first sessions need it.
-            threading.Thread(target=self._load_quietly, name="pgwire-role-graph",
-                             daemon=True).start()
+            self._loading = threading.Thread(target=self._load_quietly,
+                                             name="pgwire-role-graph", daemon=True)
+            self._loading.start()
+
+    def wait_ready(self, timeout: float) -> str | None:
+        """Wait up to ``timeout`` seconds for the first load of the role graph.
+
+        Returns None when the guard can decide every statement, or why it
+        cannot yet (until the graph loads, changes that need it are refused).
+        ``pgwire proxy`` calls this before it accepts clients, so the first
+        sessions after a start are not refused for want of a graph.
+        """
+        if self._loading is not None:
+            self._loading.join(timeout)
+        if self.graph is None or self.graph.current() is not None:
+            return None
+        error = self.graph.last_error
+        return (f"the role graph is not loaded yet ({error})" if error is not None
+                else f"the role graph did not load within {timeout:g} s")
 
     # -- hooks -------------------------------------------------------------------------
 

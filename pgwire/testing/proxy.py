@@ -51,7 +51,14 @@ class RunningProxy:
 def running_proxy(config: ProxyConfig, *, adapter: AdapterName = "asyncio",
                   host: str = "127.0.0.1", shutdown_timeout: float = 5.0
                   ) -> Iterator[RunningProxy]:
-    """Start a proxy for ``config`` on ``host`` and a free port; stop it on exit."""
+    """Start a proxy for ``config`` on ``host`` and a free port; stop it on exit.
+
+    As ``pgwire proxy`` does, it first gives middleware that loads something
+    at start (RoleGuard's role graph) the connect timeout to be ready.
+    """
+    from ..adapters.serve import wait_for_middleware  # noqa: PLC0415 - imports every adapter
+
+    wait_for_middleware(config)
     if adapter == "asyncio":
         with _asyncio_proxy(config, host, shutdown_timeout) as running:
             yield running
