@@ -16,17 +16,8 @@ from typing import Any
 import pgwire as pw
 from pgwire.audit import AuditRecord
 from pgwire.middleware.audit import Audit
-from pgwire.proxy import (
-    Action,
-    CloseClient,
-    CloseUpstream,
-    OpenUpstream,
-    Proxy,
-    ProxyConfig,
-    SendToClient,
-    SendToUpstream,
-)
-from pgwire.proxy._actions import MAIN_LINK
+from pgwire.proxy import Action, Proxy, ProxyConfig
+from pgwire.testing.harness import SessionHarness, drain
 
 UPSTREAM = ("127.0.0.1", 5432)  # never connected to: the test plays the server
 SERVER_PID = 4242
@@ -96,71 +87,37 @@ def events(records: list[dict[str, Any]], *names: str) -> list[dict[str, Any]]:
     return [r for r in records if r["event"] in names]
 
 
-class Wire:
-    """One proxy session with a Frontend as the client and a Backend as the server."""
+class Wire(SessionHarness):
+    """One Audit session between a Frontend client and a Backend server.
+
+    The server reads what reaches it as it arrives, so it knows which answers it
+    owes; `server_events` returns everything it read since last asked.
+    """
 
     def __init__(self, audit: Audit, proxy: Proxy | None = None, **settings: Any) -> None:
         if proxy is None:  # (an empty Proxy is falsy: it has no sessions yet)
             proxy = Proxy(ProxyConfig(upstream=UPSTREAM, middleware=[audit], **settings))
-        self.proxy = proxy
-        self.session = self.proxy.new_session(("127.0.0.1", 50000))
-        self.client = pw.Frontend()
-        self.server = pw.Backend()
-        self.client_closed = False
+        super().__init__(proxy=proxy)
         self.received: list[object] = []
 
-    def feed(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, SendToClient):
-                self.client.receive_data(action.data)
-            elif isinstance(action, SendToUpstream) and action.link == MAIN_LINK:
-                self.server.receive_data(action.data)
-            elif isinstance(action, CloseClient):
-                self.client_closed = True
-                self.client.receive_data(b"")
-            elif isinstance(action, CloseUpstream) and action.link == MAIN_LINK:
-                self.server.receive_data(b"")
-
-    def client_sends(self, *messages: pw.Message) -> None:
-        self.feed(self.session.client_data(b"".join(self.client.send(m) for m in messages)))
-        # The server reads what arrived, so it knows which answers it owes.
+    def client_sends(self, *messages: pw.Message) -> list[Action]:
+        actions = super().client_sends(*messages)
         self.received.extend(drain(self.server))
-
-    def server_sends(self, *messages: pw.Message) -> None:
-        self.feed(self.session.upstream_data(b"".join(self.server.send(m) for m in messages)))
-
-    def client_events(self) -> list[object]:
-        return drain(self.client)
+        return actions
 
     def server_events(self) -> list[object]:
         found = [*self.received, *drain(self.server)]
         self.received.clear()
         return found
 
-    def login(self, user: str = "alice", database: str = "app") -> list[object]:
+    def login(self, user: str = "alice", database: str = "app",  # type: ignore[override]
+              **options: Any) -> list[object]:
         """A passthrough login that the server accepts without a password."""
-        self.feed(self.session.start())
-        startup = pw.StartupMessage.from_dict({"user": user, "database": database,
-                                               "application_name": "wire-test"})
-        actions = self.session.client_data(self.client.send(startup))
-        self.feed(actions)
-        if not any(isinstance(a, OpenUpstream) for a in actions):
-            return self.client_events()  # refused before reaching upstream
-        self.feed(self.session.upstream_connected(MAIN_LINK))
-        self.server_events()
-        self.server_sends(
-            pw.AuthenticationOk(),
-            pw.ParameterStatus(name="client_encoding", value="UTF8"),
-            pw.ParameterStatus(name="application_name", value="wire-test"),
-            pw.BackendKeyData(process_id=SERVER_KEY[0], secret_key=SERVER_KEY[1]),
-            pw.ReadyForQuery(status=pw.TransactionStatus.IDLE))
-        return self.client_events()
+        return super().login(user=user, database=database,
+                             parameters=(("application_name", "wire-test"),),
+                             server_key=SERVER_KEY,
+                             server_parameters=(("client_encoding", "UTF8"),
+                                                ("application_name", "wire-test")),
+                             **options)
 
 
-def drain(connection: pw.Frontend | pw.Backend) -> list[object]:
-    found: list[object] = []
-    while (event := connection.next_event()) is not pw.NEED_DATA:
-        found.append(event)
-        if isinstance(event, pw.ConnectionClosed):
-            break
-    return found
