@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
+import json
 import os
 import platform
 import pwd
@@ -46,7 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, Final, NoReturn
 
 from pgwire.testing.cluster import ClusterUnavailable, PostgresCluster, find_postgres_bindir
 
@@ -64,9 +66,24 @@ LABEL_DIRECT = "direct"
 LABEL_PGBOUNCER = "pgbouncer (session)"
 LABEL_RELAY = "asyncio relay (baseline)"
 LABEL_PGWIRE = "pgwire proxy"
+LABEL_ROLES = "pgwire + rewrite, guard, audit"
 
 #: Builds a target's command line for the port it is to listen on.
 ArgvForPort = Callable[[int], list[str]]
+
+#: The role middleware chain of the "with roles" target, and where each class lives.
+MIDDLEWARE: Final = {
+    "RoleRewrite": ("pgwire.middleware.rewrite", "RoleRewrite"),
+    "RoleGuard": ("pgwire.middleware.roles", "RoleGuard"),
+    "Audit": ("pgwire.middleware.audit", "Audit"),
+}
+#: RoleRewrite's rules (map mode): the last maps every user to itself, so that
+#: pgbench's SCRAM login still works with passthrough authentication.
+REWRITE_RULES: Final = (
+    {"user": "report_*", "role": "reporting"},
+    {"user": "*", "database": "sales", "role": "sales_{user}"},
+    {"user": "*", "role": "{user}"},
+)
 
 
 # ---------------------------------------------------------------------------
@@ -162,6 +179,8 @@ class Result:
     tps: float | None = None
     skipped: str | None = None
     failed: str | None = None
+    #: CPU time (user + system) the serving process used per transaction, when known.
+    cpu_us: float | None = None
 
     def cell(self) -> str:
         if self.tps is not None:
@@ -180,6 +199,40 @@ class TargetSkipped(Exception):
 
 
 TPS_LINE = re.compile(r"^tps = (\d+(?:\.\d+)?) \(([^)]*)\)\s*$", re.MULTILINE)
+
+
+TRANSACTIONS_LINE = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
+
+
+def parse_transactions(output: str) -> int | None:
+    """How many transactions pgbench says it ran."""
+    found = TRANSACTIONS_LINE.search(output)
+    return int(found.group(1)) if found else None
+
+
+class Served(int):
+    """A port number that also knows the process serving it (``pid``), so a run
+    can charge that process's CPU time to its transactions."""
+
+    pid: int | None
+
+    def __new__(cls, port: int, pid: int | None = None) -> Served:
+        served = super().__new__(cls, port)
+        served.pid = pid
+        return served
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and its threads (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
 
 
 def parse_tps(output: str) -> float | None:
@@ -267,7 +320,7 @@ def running(name: str, argv_for_port: ArgvForPort, *, user: pwd.struct_passwd | 
                     raise TargetError(f"{name} exited with status {process.returncode} "
                                       f"before accepting connections ({shlex.join(argv)}):\n"
                                       f"{log_tail(log)}")
-                yield port
+                yield Served(port, process.pid)
                 if process.poll() is not None:
                     raise TargetError(f"{name} exited with status {process.returncode} "
                                       f"during the runs:\n{log_tail(log)}")
@@ -424,17 +477,25 @@ class Bench:
                  f"{result.stderr}{result.stdout}")
 
     def run(self, port: int, mode: str) -> Result:
+        """``pgbench -S -M mode`` against ``port``; with a `Served` port, also the
+        serving process's CPU time per transaction."""
         argv = [self.program, "-S", "-n", "-M", mode, "-c", str(self.clients),
                 "-j", str(self.threads), "-T", str(self.seconds), *self.login(port), DATABASE]
+        pid = getattr(port, "pid", None)
+        cpu_before = process_cpu_seconds(pid) if pid is not None else None
         try:
             result = subprocess.run(argv, env=self.env(), capture_output=True, text=True,
                                     timeout=self.seconds + 120, check=False)
         except subprocess.TimeoutExpired:
             return self.failure(argv, "did not finish in time", "")
+        cpu_after = process_cpu_seconds(pid) if pid is not None else None
         tps = parse_tps(result.stdout)
         if result.returncode != 0 or tps is None:
             return self.failure(argv, f"exit {result.returncode}", result.stderr + result.stdout)
-        return Result(tps=tps)
+        transactions = parse_transactions(result.stdout)
+        cpu_us = (None if cpu_before is None or cpu_after is None or not transactions
+                  else (cpu_after - cpu_before) * 1e6 / transactions)
+        return Result(tps=tps, cpu_us=cpu_us)
 
     @staticmethod
     def failure(argv: Sequence[str], what: str, output: str) -> Result:
@@ -482,23 +543,67 @@ def print_report(results: dict[str, dict[str, Result]], header: Sequence[str],
         print()
         print(f"-M {mode} ({bench.clients} clients, {bench.threads} threads, "
               f"{bench.seconds} s per run):")
-        print(f"  {'target':<{width}} {'TPS':>12}  {'vs direct':>10}  {baseline_title:>{column}}")
+        print(f"  {'target':<{width}} {'TPS':>12}  {'vs direct':>10}  {baseline_title:>{column}}"
+              f"  {'CPU us/txn':>10}")
         for label, by_mode in results.items():
             result = by_mode[mode]
             if result.tps is None:
                 print(f"  {label:<{width}} {result.cell()}")
             else:
+                cpu = f"{result.cpu_us:.1f}" if result.cpu_us is not None else "-"
                 print(f"  {label:<{width}} {result.cell()}  {ratio(result.tps, direct):>10}  "
-                      f"{ratio(result.tps, other):>{column}}")
+                      f"{ratio(result.tps, other):>{column}}  {cpu:>10}")
+    print("  (CPU us/txn: user + system time of the serving process over pgbench's "
+          "transactions; - for PostgreSQL itself)")
     print()
 
 
 def print_summary(results: dict[str, dict[str, Result]], label: str, baseline: str,
-                  title: str) -> None:
-    """``title: simple 0.80x, prepared 0.79x``: ``label`` against ``baseline``."""
+                  title: str, *, target: str = "") -> None:
+    """``title: simple 0.80x, prepared 0.79x``: ``label``'s TPS against ``baseline``'s."""
     print(f"{title}: " + ", ".join(
         f"{mode} {ratio(results[label][mode].tps, results[baseline][mode].tps)}"
-        for mode in MODES))
+        for mode in MODES) + (f" (target {target})" if target else ""))
+
+
+def print_cpu_summary(results: dict[str, dict[str, Result]], label: str, baseline: str,
+                      title: str, *, target: str = "") -> None:
+    """``title: simple 1.20x, prepared 1.10x``: CPU per transaction, ``label`` over ``baseline``."""
+    cells = []
+    for mode in MODES:
+        mine, theirs = results[label][mode].cpu_us, results[baseline][mode].cpu_us
+        cells.append(f"{mode} " + (f"{mine / theirs:.2f}x" if mine and theirs else "n/a"))
+    print(f"{title}: " + ", ".join(cells) + (f" (target {target})" if target else ""))
+
+
+def toml_string(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a TOML basic string
+
+
+def middleware_config(upstream_port: int, audit_path: Path) -> str:
+    """The proxy's TOML for the role chain: Audit first (it sees what the client
+    sent and got, to a JSON Lines file), then RoleRewrite (map), then RoleGuard
+    (deny)."""
+    rules = ", ".join("{ " + ", ".join(f"{key} = {toml_string(value)}"
+                                       for key, value in rule.items()) + " }"
+                      for rule in REWRITE_RULES)
+    return "\n".join([
+        f"upstream = {toml_string(f'{LOOPBACK}:{upstream_port}')}",
+        "",
+        "[[middleware]]",
+        f"class = {toml_string(':'.join(MIDDLEWARE['Audit']))}",
+        f"sink = {{ type = \"jsonl\", path = {toml_string(str(audit_path))} }}",
+        "",
+        "[[middleware]]",
+        f"class = {toml_string(':'.join(MIDDLEWARE['RoleRewrite']))}",
+        'mode = "map"',
+        f"rules = [{rules}]",
+        "",
+        "[[middleware]]",
+        f"class = {toml_string(':'.join(MIDDLEWARE['RoleGuard']))}",
+        'policy = "deny"',
+        "",
+    ])
 
 
 # ---------------------------------------------------------------------------
@@ -526,6 +631,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pgwire-command", metavar="COMMAND",
                         help="command for the pgwire target, before --listen/--upstream "
                              "(default: PYTHON -m pgwire proxy)")
+    parser.add_argument("--no-roles", dest="roles", action="store_false",
+                        help="leave out the target with RoleRewrite, RoleGuard and Audit")
     parser.add_argument("--relay-only", action="store_true",
                         help="internal: be the baseline relay (needs --listen, --upstream)")
     parser.add_argument("--listen", type=parse_address, help="relay mode: HOST:PORT to accept on")
@@ -601,12 +708,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with running("pgwire proxy", pgwire_argv(pgwire_command, cluster.port)) as port:
                     yield port
 
+            @contextlib.contextmanager
+            def pgwire_with_roles() -> Iterator[int]:
+                if importlib.util.find_spec("pglast") is None:
+                    raise TargetSkipped("RoleGuard needs pglast: pip install 'pgwire[sql]'")
+                check_pgwire_command(pgwire_command, overridden)
+                with tempfile.TemporaryDirectory(prefix="pgwire-bench-") as directory:
+                    config = Path(directory) / "pgwire.toml"
+                    config.write_text(middleware_config(cluster.port,
+                                                        Path(directory) / "audit.jsonl"))
+                    argv = pgwire_argv([*pgwire_command, "--config", str(config)], cluster.port)
+                    with running("pgwire proxy with role middleware", argv) as port:
+                        yield port
+
             targets: dict[str, Callable[[], contextlib.AbstractContextManager[int]]] = {
                 LABEL_DIRECT: direct,
                 LABEL_PGBOUNCER: bouncer,
                 LABEL_RELAY: lambda: running("asyncio relay", relay_argv(cluster.port)),
                 LABEL_PGWIRE: pgwire_proxy,
             }
+            if args.roles:
+                targets[LABEL_ROLES] = pgwire_with_roles
             results: dict[str, dict[str, Result]] = {}
             for round_number in range(1, args.rounds + 1):
                 for label, target in targets.items():
@@ -633,6 +755,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print_report(results, header, bench)
     print_summary(results, LABEL_PGWIRE, LABEL_PGBOUNCER, "pgwire/pgbouncer")
+    print_cpu_summary(results, LABEL_PGWIRE, LABEL_PGBOUNCER, "pgwire/pgbouncer CPU per txn")
+    if LABEL_ROLES in results:
+        print_summary(results, LABEL_ROLES, LABEL_PGBOUNCER, "pgwire+roles/pgbouncer",
+                      target=">= 0.90x")
+        print_summary(results, LABEL_ROLES, LABEL_RELAY, "pgwire+roles/relay",
+                      target=">= 0.95x")
+        print_cpu_summary(results, LABEL_ROLES, LABEL_PGBOUNCER,
+                          "pgwire+roles/pgbouncer CPU per txn", target="<= 1.30x")
     print(f"total time: {time.monotonic() - started:.0f} s")
     failed = any(result.failed for by_mode in results.values() for result in by_mode.values())
     return 1 if failed else 0

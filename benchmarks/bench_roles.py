@@ -58,7 +58,6 @@ import contextlib
 import importlib
 import importlib.util
 import itertools
-import json
 import os
 import platform
 import shlex
@@ -73,7 +72,14 @@ from typing import Any, Final
 
 import bench_proxy
 from _harness import Options, Runner, measure, print_environment, profile
-from bench_proxy import LOOPBACK, Bench, Result, TargetSkipped
+from bench_proxy import (
+    MIDDLEWARE,
+    REWRITE_RULES,
+    Bench,
+    Result,
+    TargetSkipped,
+    middleware_config,
+)
 
 import pgwire as pw
 from pgwire.middleware import Middleware
@@ -104,24 +110,11 @@ CACHED_AID: Final = 4242
 #: RoleRewrite's rules, here and in the proxy's TOML: the last one maps every
 #: user to itself (the server authenticates the rewritten role, and pgbench
 #: knows only its own password), after two that are tried and do not match.
-REWRITE_RULES: Final = (
-    {"user": "report_*", "role": "reporting"},
-    {"user": "*", "database": "sales", "role": "sales_{user}"},
-    {"user": "*", "role": "{user}"},
-)
-
 LABEL_DIRECT: Final = "direct"
 LABEL_BARE: Final = "pgwire, no middleware"
 LABEL_ALL: Final = "pgwire, rewrite+guard+audit"
 
 #: Where each middleware lives: (module, class).
-MIDDLEWARE: Final = {
-    "RoleRewrite": ("pgwire.middleware.rewrite", "RoleRewrite"),
-    "RoleGuard": ("pgwire.middleware.roles", "RoleGuard"),
-    "Audit": ("pgwire.middleware.audit", "Audit"),
-}
-
-
 class Skip(Exception):
     """A variant cannot run here: the message says why."""
 
@@ -672,35 +665,6 @@ def run_micro(args: argparse.Namespace, options: Options, directory: Path) -> No
 
 # ---------------------------------------------------------------------------
 # The macro-benchmark: pgbench -S through the proxy
-
-
-def toml_string(text: str) -> str:
-    return json.dumps(text)  # a JSON string is a TOML basic string
-
-
-def middleware_config(upstream_port: int, audit_path: Path) -> str:
-    """The proxy's TOML: Audit first (it sees what the client sent and got), then
-    RoleRewrite, then RoleGuard."""
-    rules = ", ".join("{ " + ", ".join(f"{key} = {toml_string(value)}"
-                                       for key, value in rule.items()) + " }"
-                      for rule in REWRITE_RULES)
-    return "\n".join([
-        f"upstream = {toml_string(f'{LOOPBACK}:{upstream_port}')}",
-        "",
-        "[[middleware]]",
-        f"class = {toml_string(':'.join(MIDDLEWARE['Audit']))}",
-        f"sink = {{ type = \"jsonl\", path = {toml_string(str(audit_path))} }}",
-        "",
-        "[[middleware]]",
-        f"class = {toml_string(':'.join(MIDDLEWARE['RoleRewrite']))}",
-        'mode = "map"',
-        f"rules = [{rules}]",
-        "",
-        "[[middleware]]",
-        f"class = {toml_string(':'.join(MIDDLEWARE['RoleGuard']))}",
-        'policy = "deny"',
-        "",
-    ])
 
 
 def check_middleware_available() -> None:

@@ -78,25 +78,36 @@ def test_quick_run_reports_every_target_in_both_modes() -> None:
     assert lines[2] == f"pgwire proxy command: {sys.executable} -m pgwire proxy"
 
     measured = rf" +{TPS} +{RATIO} +"
+    cpu = r" +\d+\.\d"  # the serving process's CPU microseconds per transaction
     for mode in MODES:
-        assert re.fullmatch(rf"  direct +{TPS} +1\.00x +({RATIO}|n/a)",
+        assert re.fullmatch(rf"  direct +{TPS} +1\.00x +({RATIO}|n/a) +-",
                             row(output, mode, "direct"))
-        assert re.fullmatch(rf"  asyncio relay \(baseline\){measured}({RATIO}|n/a)",
+        assert re.fullmatch(rf"  asyncio relay \(baseline\){measured}({RATIO}|n/a){cpu}",
                             row(output, mode, "asyncio relay (baseline)"))
         bouncer_row = row(output, mode, "pgbouncer (session)")
         if bouncer:
-            assert re.fullmatch(rf"  pgbouncer \(session\){measured}1\.00x", bouncer_row)
+            assert re.fullmatch(rf"  pgbouncer \(session\){measured}1\.00x{cpu}", bouncer_row)
         else:
             assert "skipped" in bouncer_row and "apt-get install pgbouncer" in bouncer_row
         pgwire_row = row(output, mode, "pgwire proxy")
+        roles_row = row(output, mode, "pgwire + rewrite, guard, audit")
         if proxy_exists:
-            assert re.fullmatch(rf"  pgwire proxy{measured}({RATIO}|n/a)", pgwire_row)
+            assert re.fullmatch(rf"  pgwire proxy{measured}({RATIO}|n/a){cpu}", pgwire_row)
+            assert re.fullmatch(rf"  pgwire \+ rewrite, guard, audit{measured}({RATIO}|n/a)"
+                                rf"{cpu}", roles_row)
         else:
             assert re.fullmatch(r"  pgwire proxy +skipped +\(.*--help` exited \d+\)", pgwire_row)
 
     final = r"(\d+\.\d\dx)" if proxy_exists and bouncer else r"(\d+\.\d\dx|n/a)"
     assert re.search(rf"^pgwire/pgbouncer: simple {final}, prepared {final}$",
                      output, re.MULTILINE), output
+    assert re.search(rf"^pgwire/pgbouncer CPU per txn: simple {final}, prepared {final}$",
+                     output, re.MULTILINE), output
+    for title, target in (("pgwire\\+roles/pgbouncer", ">= 0.90x"),
+                          ("pgwire\\+roles/relay", ">= 0.95x"),
+                          ("pgwire\\+roles/pgbouncer CPU per txn", "<= 1.30x")):
+        assert re.search(rf"^{title}: simple {final}, prepared {final} \(target {target}\)$",
+                         output, re.MULTILINE), output
     assert re.search(r"^total time: \d+ s$", output, re.MULTILINE)
 
 
