@@ -1,4 +1,5 @@
-"""Nox sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``.
+"""Nox sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench`` (every
+benchmark), and one per benchmark script (``nox -s bench_proxy``; ``nox -l`` lists them).
 
 The integration tests start their own PostgreSQL from the server binaries they find;
 ``./run tests`` also installs those when missing.
@@ -42,15 +43,29 @@ def docs(session: nox.Session) -> None:
                 env={"NO_MKDOCS_2_WARNING": "1"})
 
 
+#: One session per benchmark script (``nox -s bench_proxy -- --seconds 5``): each
+#: takes its own options after ``--``.
+BENCHMARKS = sorted(path.stem for path in Path("benchmarks").glob("bench_*.py"))
+
+
+def _benchmark_session(script: str) -> None:
+    def run(session: nox.Session) -> None:
+        session.install("-e", ".[dev]")
+        session.run("python", f"benchmarks/{script}.py", *session.posargs)
+
+    run.__doc__ = f"Run benchmarks/{script}.py; arguments after -- go to it."
+    nox.session(name=script)(run)
+
+
+for _script in BENCHMARKS:
+    _benchmark_session(_script)
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run every benchmarks/bench_*.py script."""
-    scripts = sorted(Path("benchmarks").glob("bench_*.py"))
-    if not scripts:
+    """Run every benchmarks/bench_*.py script with its defaults."""
+    if not BENCHMARKS:
         session.error("no benchmarks/bench_*.py scripts found")
     session.install("-e", ".[dev]")
-    for script in scripts:
-        # Extra arguments are the stream benchmarks' (--rows, --repeat, ...);
-        # bench_proxy.py takes its own and runs with its defaults here.
-        extra = () if script.name == "bench_proxy.py" else session.posargs
-        session.run("python", str(script), *extra)
+    for script in BENCHMARKS:
+        session.run("python", f"benchmarks/{script}.py")
