@@ -83,7 +83,14 @@ class _Driver(SessionDriver):
         self.links: dict[int, _Side] = {}
         self.pending: dict[int, asyncio.Task[None]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
-        self.done = self.loop.create_future()
+        # Made only when shutdown() waits for the session (see finished()).
+        self.done: asyncio.Future[None] | None = None
+
+    def finished(self) -> asyncio.Future[None]:
+        """A future set once the client's side has closed."""
+        if self.done is None:
+            self.done = self.loop.create_future()
+        return self.done
 
     # -- primitives ---------------------------------------------------------------------
 
@@ -168,7 +175,8 @@ class _Driver(SessionDriver):
             self.perform(self.session.client_data(b""))
         self.close_client()
         self.session.closed()
-        if not self.done.done():
+        self.server._drivers.discard(self)
+        if self.done is not None and not self.done.done():
             self.done.set_result(None)
 
     def link_lost(self, link: int) -> None:
@@ -239,7 +247,6 @@ class AsyncioProxy:
         session = self.proxy.new_session(address)
         driver = _Driver(self, session, side)
         self._drivers.add(driver)
-        driver.done.add_done_callback(lambda _: self._drivers.discard(driver))
         return driver
 
     async def serve_until_shutdown(self) -> None:
@@ -257,13 +264,13 @@ class AsyncioProxy:
         self.proxy.begin_shutdown()
         for driver in list(self._drivers):
             driver.perform(driver.session.shutdown())
-        waiting = [d.done for d in self._drivers]
+        waiting = [d.finished() for d in self._drivers]
         if waiting:
             _, pending = await asyncio.wait(waiting, timeout=timeout)
             if pending:
                 for driver in list(self._drivers):
                     driver.perform(driver.session.shutdown(immediate=True))
-                await asyncio.wait([d.done for d in self._drivers], timeout=5)
+                await asyncio.wait([d.finished() for d in self._drivers], timeout=5)
         for driver in list(self._drivers):  # sockets that never closed: drop them
             transport = driver.client.transport if driver.client is not None else None
             if transport is not None:

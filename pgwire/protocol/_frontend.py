@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection
+from sys import intern
 from typing import ClassVar, Final
 
 from ._connection import DEFAULT_MAX_MESSAGE_SIZE, Connection
@@ -39,6 +40,11 @@ _SHORT_LIMIT: Final = 30000 - 4
 _FRONTEND_TYPED: Final = frozenset(b"QPBDECSHFXdcfp")
 _READY: Final = Phase.READY
 _ROW_BATCH: Final = 1024
+# Built once: every Frontend's ReceiveBuffer is given the same caps.
+_LIMITS: Final = {bytes([c]): _SHORT_LIMIT for c in range(256) if c not in _LONG_TYPES}
+#: ``_rows`` while no decoded batch is pending: shared by every Frontend (an
+#: empty deque costs 760 bytes), and ``maxlen=0`` drops anything added to it.
+_NO_ROWS: Final[deque[DataRow]] = deque(maxlen=0)
 
 FrontendEvent = Message | RawMessage | ConnectionClosed | type[NeedData]
 
@@ -66,14 +72,13 @@ class Frontend(Connection):
         max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
         decode: Collection[bytes] | None = None,
     ) -> None:
-        limits = {bytes([c]): _SHORT_LIMIT for c in range(256) if c not in _LONG_TYPES}
-        super().__init__(max_message_size=max_message_size, decode=decode, limits=limits)
+        super().__init__(max_message_size=max_message_size, decode=decode, limits=_LIMITS)
         #: Server parameters reported with ParameterStatus (latest value of each).
         self.parameters: dict[str, str] = {}
         #: (process_id, secret_key) from BackendKeyData, once received.
         self.backend_key: tuple[int, bytes] | None = None
         # DataRows decoded in a batch and not yet returned (see _next_event).
-        self._rows: deque[DataRow] = deque()
+        self._rows = _NO_ROWS
         self._decode_rows = self._wants_decoded(b"D")
 
     # -- sending -------------------------------------------------------------------
@@ -174,7 +179,9 @@ class Frontend(Connection):
         if code == b"S":
             status = self._decode_frame(code, buf, start, end)
             assert isinstance(status, ParameterStatus)
-            self.parameters[status.name] = status.value
+            # Interned: a proxy's thousands of sessions mostly hold the same
+            # dozen names and values.
+            self.parameters[intern(status.name)] = intern(status.value)
             if status.name == "client_encoding":
                 self._set_client_encoding(status.value)
             return status if self._wants_decoded(code) else frame

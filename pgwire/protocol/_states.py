@@ -180,6 +180,9 @@ CYCLE_RESPONSES: Final[dict[str, frozenset[int]]] = {
 }
 
 _PHASE_READY: Final = Phase.READY
+#: The pending queue of every connection with nothing in flight; ``maxlen=0``
+#: drops anything appended to it by mistake (it is shared).
+_NOTHING_PENDING: Final[deque[int]] = deque(maxlen=0)
 
 # What each authentication request asks the client to send next.
 _AUTH_ANSWER: Final[dict[int, str | None]] = {
@@ -252,8 +255,11 @@ class Conversation:
         self._sasl_final = False
         self._key_seen = False
         self._negotiated = False
-        # Sent requests that each owe a ReadyForQuery: b"Q", b"F" or b"S".
-        self._pending: deque[int] = deque()
+        # Sent requests that each owe a ReadyForQuery: b"Q", b"F" or b"S". An
+        # empty deque costs 760 bytes: a connection shares one that takes
+        # nothing until its first request (a proxy holds thousands of idle
+        # sessions), then keeps its own (a deque per query costs more CPU).
+        self._pending: deque[int] = _NOTHING_PENDING
         # Extended-query messages sent since the last Sync.
         self._unsynced = False
         self._cycle_failed = False
@@ -392,12 +398,16 @@ class Conversation:
                     f"{'Query' if code == 0x51 else 'FunctionCall'} in the middle of an "
                     "extended-query batch: send Sync first"
                 )
-            self._pending.append(code)
-        elif code == 0x53:  # S
-            self._pending.append(code)
+        elif code != 0x53:  # S
+            if code != 0x48:  # H (Flush) opens nothing
+                self._unsynced = True
+            return
+        else:
             self._unsynced = False
-        elif code != 0x48:  # H (Flush) opens nothing
-            self._unsynced = True
+        if self._pending is _NOTHING_PENDING:
+            self._pending = deque((code,))
+        else:
+            self._pending.append(code)
 
     def _password(self, kind: str | None) -> None:
         expected = self._auth_answer
@@ -497,10 +507,10 @@ class Conversation:
             raise Violation("invalid ReadyForQuery message")
         if first:
             self._transition(BE, "ReadyForQuery")
-        elif not self._pending:
+        elif not (pending := self._pending):
             raise Violation("ReadyForQuery while no Query, Sync or FunctionCall awaits one")
         else:
-            self._pending.popleft()
+            pending.popleft()
         self.transaction_status = chr(buf[start])
         self._cycle_failed = False
         self.row_columns = -1
