@@ -8,6 +8,7 @@ chunks so that every message straddles a cut.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +27,8 @@ def run_script(name: str, *extra: str) -> str:
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / name), "--rows", "200", "--repeat", "1", *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        # No node column here: it may npm-install pg-protocol, which is no test's business.
+        env={**os.environ, "PGWIRE_BENCH_NODE": "0"},
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
@@ -43,6 +46,8 @@ def test_bench_decode_prints_every_variant_and_the_ratio(chunking: tuple[str, ..
         assert re.search(rf"^  {re.escape(variant)}.* {RATE}$", output, re.MULTILINE), variant
     assert re.search(rf"^ratio pgwire/pygwire: {RATIO}$", output, re.MULTILINE)
     assert re.search(r"^  target >= 5x: (met|NOT met)$", output, re.MULTILINE)
+    assert re.search(r"^\(e\) node pg-protocol skipped: .*PGWIRE_BENCH_NODE", output,
+                     re.MULTILINE), output
 
 
 @pytest.mark.parametrize("chunking", [(), ("--chunk-size", "7")], ids=["64KiB", "7B"])

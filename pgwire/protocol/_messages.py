@@ -21,8 +21,10 @@ from __future__ import annotations
 import enum
 import os
 import struct as _struct
+from collections import deque as _deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat as _repeat
 from typing import ClassVar, Final, Literal, Self, TypeVar, dataclass_transform
 
 from ._codec import (
@@ -132,6 +134,11 @@ _FIELD: Final = _struct.Struct("!IhIhih")
 _BYTE: Final = _struct.Struct("!b")
 _new = object.__new__
 _set = object.__setattr__
+_map = map
+_consume = _deque
+_NULL: Final = 0xFFFFFFFF  # a NULL value's length word, read unsigned
+_ROW_HEAD: Final = _struct.Struct("!BiHI")  # type, length, column count, first length
+_unpack_uint32 = _UINT32.unpack_from
 
 
 class Message:
@@ -1108,21 +1115,144 @@ def _decode_data_rows_py(  # noqa: PLR0917 - the C accelerator's positional sign
     then handles that frame and reports any error. Returns the rows and the
     position after the last one. The C accelerator implements the same contract.
     """
-    rows: list[DataRow] = []
-    while len(rows) < max_rows and end - pos >= 5 and buf[pos] == 0x44:
+    end = min(end, len(buf))
+    pos = max(pos, 0)
+    if 0 < columns <= _MAX_UNROLLED_COLUMNS:
+        decode = _UNROLLED.get(columns) or _unrolled_decoder(columns)
+        batch, pos = decode(buf, pos, end, limit, max_rows)
+    else:
+        batch, pos = _decode_row_values(buf, pos, end, limit, columns, max_rows)
+    if not batch:
+        return [], pos
+    # Making the rows in C loops (map) rather than one by one saves ~25 % of
+    # their cost; the slot's own setter, like object.__setattr__, bypasses the
+    # frozen dataclass's __setattr__.
+    rows = list(_map(_new, _repeat(row_type, len(batch))))
+    _consume(_map(vars(DataRow)["values"].__set__, rows, batch), 0)
+    return rows, pos
+
+
+def _decode_row_values(  # noqa: PLR0917 - hot path, positional
+    buf: bytes, pos: int, end: int, limit: int, columns: int, max_rows: int,
+) -> tuple[list[tuple[bytes | None, ...]], int]:
+    """The values of a run of DataRows of any column count (see _decode_data_rows_py)."""
+    batch: list[tuple[bytes | None, ...]] = []
+    append = batch.append
+    unpack = _unpack_uint32
+    for _ in range(max_rows):
+        if end - pos < 7 or buf[pos] != 0x44:
+            break
         length = unpack_int32(buf, pos + 1)[0]
         frame_end = pos + 1 + length
-        if length < 4 or length - 4 > limit or frame_end > end:
+        if length < 6 or length - 4 > limit or frame_end > end:
             break
-        try:
-            row = decode_data_row(buf, pos + 5, frame_end)
-        except RemoteProtocolError:
+        count = (buf[pos + 5] << 8) | buf[pos + 6]
+        if columns >= 0 and count != columns:
             break
-        if columns >= 0 and len(row.values) != columns:
-            break
-        rows.append(row)
-        pos = frame_end
-    return rows, pos
+        p = pos + 7
+        values: list[bytes | None] = []
+        add = values.append
+        for _ in range(count):
+            if p + 4 > frame_end:
+                break
+            size = unpack(buf, p)[0]
+            p += 4
+            if size < _NULL:
+                q = p + size
+                if q > frame_end:
+                    break
+                add(buf[p:q])
+                p = q
+            else:
+                add(None)
+        else:
+            if p == frame_end:
+                append(tuple(values))
+                pos = frame_end
+                continue
+        break
+    return batch, pos
+
+
+# DataRows of a known column count (the Frontend knows it from RowDescription)
+# are decoded by a loop written out for that count: no loop over the columns, no
+# list to build, one bounds check per value and the first length word read with
+# the frame's header, which takes ~40 % off the pure-Python cost of a row. The
+# source is generated (as dataclasses does for __init__) from the template
+# below; only integers are substituted into it.
+_MAX_UNROLLED_COLUMNS: Final = 64
+_ValuesDecoder = Callable[
+    [bytes, int, int, int, int], tuple[list[tuple[bytes | None, ...]], int]
+]
+_UNROLLED: dict[int, _ValuesDecoder] = {}
+
+_UNROLLED_HEAD: Final = """\
+def decode(buf, pos, end, limit, max_rows):
+    batch = []
+    append = batch.append
+    last = end - 11
+    limit += 4
+    try:
+        for _ in range(max_rows):
+            if pos > last:
+                break
+            code, length, count, size = unpack_head(buf, pos)
+            frame_end = pos + 1 + length
+            if code != 68 or count != {columns} or length > limit or frame_end > end:
+                break
+            p = pos + 11
+"""
+# Column i's length word has been read into `size`; p is just after it. A value
+# is sliced only after its end is known to lie inside the frame, so a hostile
+# length never allocates more than the frame holds; sizes from 2**31 up
+# (negative lengths) fail that test too, except 0xFFFFFFFF, NULL. A NULL is not
+# checked against the frame's end, but every later step only moves p forward
+# and the row is accepted only if its last value ends exactly at the frame's end.
+_UNROLLED_COLUMN: Final = """\
+            if size < 4294967295:
+                q = p + size
+                if q > frame_end:
+                    break
+                v{index} = buf[p:q]
+                size = unpack(buf, q)[0]
+                p = q + 4
+            else:
+                v{index} = None
+                size = unpack(buf, p)[0]
+                p += 4
+"""
+_UNROLLED_TAIL: Final = """\
+            if size < 4294967295:
+                if p + size != frame_end:
+                    break
+                v{index} = buf[p:frame_end]
+            elif p == frame_end:
+                v{index} = None
+            else:
+                break
+            append(({values},))
+            pos = frame_end
+    except error:  # a length word read past the buffer's end: a malformed row
+        pass
+    return batch, pos
+"""
+
+
+def _unrolled_decoder(columns: int) -> _ValuesDecoder:
+    """The values decoder for DataRows of exactly ``columns`` (>= 1) columns."""
+    source = _UNROLLED_HEAD.format(columns=columns)
+    source += "".join(_UNROLLED_COLUMN.format(index=index) for index in range(columns - 1))
+    source += _UNROLLED_TAIL.format(
+        index=columns - 1, values=", ".join(f"v{index}" for index in range(columns))
+    )
+    namespace: dict[str, object] = {
+        "unpack_head": _ROW_HEAD.unpack_from, "unpack": _unpack_uint32, "error": _struct.error,
+    }
+    code = compile(source, f"<pgwire DataRow decoder for {columns} columns>", "exec")
+    exec(code, namespace)  # our own template; only integers are substituted
+    decoder: _ValuesDecoder = namespace["decode"]  # type: ignore[assignment]
+    _UNROLLED[columns] = decoder
+    return decoder
 
 
 RowRunDecoder = Callable[
