@@ -207,9 +207,7 @@ class PoolMiddleware(Middleware[_State]):
 
     def _batch(self, ctx: Context[_State]) -> int:
         session = ctx._session
-        upstream = session.upstream
-        assert upstream is not None
-        return session._z_seen + upstream.frontend.pending_syncs
+        return session._z_seen + session._pending_syncs()
 
     def _parse(self, ctx: Context[_State], message: Parse) -> Verdict:
         state = ctx.state

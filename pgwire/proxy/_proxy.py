@@ -16,6 +16,7 @@ from ._cancel import CancelKeys
 from ._config import ProxyConfig
 from ._pool import Pool
 from ._pooling import PoolMiddleware
+from ._relay import DecodedFrames
 from ._session import Session, SessionState
 
 __all__ = ["Proxy", "ProxyStats"]
@@ -55,9 +56,9 @@ class Proxy:
     to tell.
     """
 
-    __slots__ = ("_closed", "_ids", "_mock_key", "_pool_decode", "_pool_middleware",
-                 "_sessions", "_woken", "cancel_keys", "config", "pool", "shutting_down",
-                 "stats")
+    __slots__ = ("_client_frames", "_closed", "_ids", "_mock_key", "_pool_decode",
+                 "_pool_middleware", "_server_frames", "_sessions", "_woken", "cancel_keys",
+                 "config", "pool", "shutting_down", "stats")
 
     def __init__(self, config: ProxyConfig, *, clock: Callable[[], float] = time.monotonic
                  ) -> None:
@@ -71,6 +72,9 @@ class Proxy:
         # One mock key for the process: an unknown user's fake SCRAM salt stays
         # the same across attempts, as in PostgreSQL.
         self._mock_key = secrets.token_bytes(32)
+        # Small frames the sessions decoded, by their bytes (one per direction).
+        self._client_frames = DecodedFrames()
+        self._server_frames = DecodedFrames()
         # Fail at start, not at the first client, if a factory is broken.
         chain = self._instantiate_middleware()
         # Targets (sessions, the pool) with actions made outside their own calls.

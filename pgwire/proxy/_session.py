@@ -5,9 +5,14 @@ client with a :class:`~pgwire.client.ClientConnection` facing the server. The
 adapter feeds it what happens (bytes, connects, timers, job results) and does
 what the returned :mod:`actions <pgwire.proxy._actions>` say.
 
-Messages nobody asked to see travel as undecoded frames; both state machines
-still check their order, so a client cannot smuggle a message the server would
-take differently from how the proxy saw it.
+After login the data path is one of three (see ``_relay.py``): cut-through
+(no middleware reads messages: frames are delimited and counted), selective
+(middleware reads some types: those frames are decoded and go through the
+chain, the rest, and every message the hooks leave unchanged, go on as the
+bytes received), or checked (``check_protocol``: every frame passes both
+state machines). Frames are cut by the same headers the server reads, so a
+client cannot smuggle a message the server would take differently from how
+the proxy saw it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from ..middleware.base import (
     SessionInfo,
 )
 from ..protocol import (
+    BACKEND_TYPED_CLASSES,
+    FRONTEND_TYPED_CLASSES,
     NEED_DATA,
     PROTOCOL_3_0,
     Authentication,
@@ -93,7 +100,7 @@ from ._actions import (
 from ._cancel import CancelRoute, UpstreamKey
 from ._config import AuthQuery, ProxyAuth
 from ._pool import PooledServer, PoolKey
-from ._relay import Relay
+from ._relay import Outbound, Relay
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
@@ -108,6 +115,13 @@ IDLE_TIMER: Final = "idle"
 CHECKOUT_TIMER: Final = "checkout"
 # Messages a Reject can answer with an error in place (they get one response).
 _REJECTABLE: Final = (Query, Parse, Bind, Describe, Execute, Close, FunctionCall)
+# Selective forwarding: what the session reads whatever middleware asks for.
+# Client: Terminate. Server: ReadyForQuery, ErrorResponse, CopyInResponse and
+# ParameterStatus (what the session tracks), so frames between them change nothing.
+_CLIENT_STOPS: Final = frozenset(b"X")
+_SERVER_STOPS: Final = frozenset(b"ZEGS")
+_EVERY_TYPE: Final = frozenset(range(256))
+_TYPE_CODES: Final = tuple(bytes([code]) for code in range(256))
 
 
 class SessionState:
@@ -169,6 +183,7 @@ class Session:
         "_chain",
         "_checkout_armed",
         "_client_auth_method",
+        "_client_out",
         "_deferred",
         "_draining",
         "_fatal_from_upstream",
@@ -192,6 +207,8 @@ class Session:
         "_rejects",
         "_relay",
         "_server",
+        "_upstream_failed",
+        "_upstream_out",
         "_upstream_user",
         "_z_arriving",
         "_z_seen",
@@ -252,6 +269,8 @@ class Session:
         self._auth_lookup: _AuthLookup | None = None
         self._looked_up: str | None = None
         self._fatal_from_upstream = False
+        #: The server broke the protocol (a pooled connection is not reused).
+        self._upstream_failed = False
         self._draining = False
         self._idle_armed = False
         # Ordering of answers the proxy makes itself with those of the server:
@@ -267,6 +286,9 @@ class Session:
         self._reject_count = 0
         self._jobs: dict[int, Callable[[JobOutcome], None] | None] = {}
         self._relay: Relay | None = None
+        # Selective forwarding: what goes to each peer while a chunk is read.
+        self._client_out: Outbound | None = None
+        self._upstream_out: Outbound | None = None
         self._next_job = 0
         #: The adapter's handle for whatever performs this session's actions.
         self.driver: object = None
@@ -299,7 +321,9 @@ class Session:
     def transaction_status(self) -> str:
         """The client's transaction status from the last ReadyForQuery it got."""
         relay = self._relay
-        return relay.status if relay is not None else self.client.backend.transaction_status
+        if relay is None:
+            return self.client.backend.transaction_status
+        return relay.status if relay.client_stop is None else relay.client_status
 
     @property
     def cancel_key(self) -> tuple[int, bytes] | None:
@@ -353,6 +377,15 @@ class Session:
     def _client_events(self) -> None:
         """Take the client's events (buffered by its connection) and act on them."""
         client = self.client
+        relay = self._relay
+        if relay is not None and relay.client_stop is not None:
+            # Selective forwarding: the held bytes go now.
+            if self.upstream is not None:
+                self._held = None
+                self._selective_client_bytes(b"")
+                if relay.client_closed and not self.is_closed and self._leaving is None:
+                    self._client_left("client closed the connection")
+            return
         if self._held is not None:
             if self.upstream is None:
                 return  # still waiting for a pooled connection
@@ -804,6 +837,8 @@ class Session:
         delimited and counted (see ``_relay.py``), not run through the machines."""
         upstream = self.upstream
         assert upstream is not None
+        if self.is_closed:
+            return
         self._flush_link(upstream, MAIN_LINK)
         self._flush_client()
         # Bytes that arrived behind the login's last message.
@@ -828,12 +863,24 @@ class Session:
             self._client_broke(exc)
             return
         if not data and not self.is_closed:
-            self._finish_with_terminate("client closed the connection")
+            if self._pool is not None and self.upstream is None:
+                if self._held is None:
+                    self._close("client terminated the session")
+                else:  # after the request waiting for a connection has run
+                    relay = self._relay
+                    assert relay is not None
+                    relay.client_closed = True
+            else:
+                self._client_left("client closed the connection")
 
     def _relay_client_bytes(self, data: bytes) -> None:
         relay = self._relay
+        assert relay is not None
+        if relay.client_stop is not None:
+            self._selective_client_bytes(data)
+            return
         upstream = self.upstream
-        assert relay is not None and upstream is not None
+        assert upstream is not None
         out = relay.from_client(data)
         if out:
             if upstream._channel.tls is None:
@@ -853,6 +900,7 @@ class Session:
         elif data:
             self._relay_server_bytes(data)
         if not data and not self.is_closed:
+            self._upstream_failed = True  # a pooled connection it closed is not reused
             relay = self._relay
             assert relay is not None
             if relay.fatal:
@@ -863,6 +911,9 @@ class Session:
     def _relay_server_bytes(self, data: bytes) -> None:
         relay = self._relay
         assert relay is not None
+        if relay.server_stop is not None:
+            self._selective_server_bytes(data)
+            return
         out = relay.from_server(data)
         if out:
             if self.client._channel.tls is None:
@@ -884,6 +935,243 @@ class Session:
             relay.ready_seen = 0
             if not relay.pending:
                 self._after_ready_for_query(count=False)
+
+    # -- selective forwarding ----------------------------------------------------------
+
+    def _selective_client_bytes(self, data: bytes) -> None:
+        """Client frames: runs nobody reads go upstream as they came; a frame of
+        a type some middleware reads is decoded and goes through the chain."""
+        relay = self._relay
+        out = self._upstream_out
+        assert relay is not None and out is not None and relay.client_stop is not None
+        data = relay.take_client(data)
+        if self.upstream is None:
+            self._hold_client_bytes(data, 0)
+            return
+        stop = relay.client_stop
+        backend = self.client.backend
+        decode = self._proxy._client_frames.decode
+        out.begin(data)
+        pos = 0
+        held = False
+        try:
+            while True:
+                run_end, frame_end = relay.client_run(data, pos, stop)
+                if run_end > pos:
+                    out.run(pos, run_end)
+                pos = run_end
+                if frame_end == run_end:
+                    break
+                message = decode(backend, data, run_end, frame_end)
+                pos = frame_end
+                out.message = message
+                out.frame_start = run_end
+                out.frame_end = frame_end
+                self._from_client(message, 0)
+                if self.is_closed or self._leaving is not None:
+                    return
+                if pos == len(data):
+                    break
+                if self.upstream is None:
+                    # The connection went back (a Respond ended the transaction):
+                    # the rest waits for the next one.
+                    held = True
+                    break
+        finally:
+            out.finish()
+            relay.keep_client(data, pos)
+        if held:
+            self._hold_client_bytes(relay.take_client(b""), 0)
+
+    def _hold_client_bytes(self, data: bytes, pos: int) -> None:
+        """A pooled session between transactions: client bytes wait for a
+        connection; a whole request asks the pool for one (Terminate ends the
+        session instead)."""
+        relay = self._relay
+        assert relay is not None
+        relay.keep_client(data, pos)
+        if self._held is not None:
+            return
+        run_end, frame_end = relay.client_run(data, pos, _EVERY_TYPE)  # checks the frame
+        if frame_end == run_end:
+            return  # not a whole message yet
+        if data[pos] == 0x58:  # X
+            self._close("client terminated the session")
+            return
+        self._held = True
+        self._pool_checkout()
+
+    def _selective_server_bytes(self, data: bytes) -> None:
+        """Server frames, as :meth:`_selective_client_bytes`. While the proxy's
+        own query is answered every frame is read, and while nothing is owed
+        every frame is checked (only notices, notifications, parameter
+        reports and errors may come). A query the hooks send now is answered
+        in a later chunk: the server has not seen it yet."""
+        relay = self._relay
+        upstream = self.upstream
+        out = self._client_out
+        assert relay is not None and upstream is not None and out is not None
+        server_stop = relay.server_stop
+        assert server_stop is not None
+        data = relay.take_server(data)
+        frontend = upstream.frontend
+        decode = self._proxy._server_frames.decode
+        out.begin(data)
+        pos = 0
+        try:
+            walk = True
+            while walk:
+                walk = False
+                idle = relay.idle
+                stops, complete, error = relay.server_stops(
+                    data, pos, server_stop if not (self._hidden or idle) else _EVERY_TYPE)
+                for start in stops:
+                    if start > pos and self._leaving is None:
+                        out.run(pos, start)
+                    code = data[start]
+                    if idle:
+                        relay.check_idle(code)
+                    pos = start + 1 + int.from_bytes(data[start + 1:start + 5])
+                    relay.server_seen(code, data, start, pos)
+                    message = decode(frontend, data, start, pos)
+                    if relay.fatal:
+                        self._fatal_from_upstream = True
+                    if code == 0x53:  # S
+                        assert isinstance(message, ParameterStatus)
+                        self._parameter_reported(message)
+                    out.message = message
+                    out.frame_start = start
+                    out.frame_end = pos
+                    self._selective_server_event(message, code)
+                    if self.is_closed or self.upstream is not upstream:
+                        pos = len(data)  # the rest went with the connection (_hand_back)
+                        return
+                    if code == 0x5A and not idle and relay.idle and pos < complete:
+                        walk = True  # the rest comes while nothing is owed: check it
+                        break
+                else:
+                    if complete > pos and self._leaving is None:
+                        out.run(pos, complete)
+                    pos = complete
+                    if error is not None:
+                        raise error
+        finally:
+            out.finish()
+            relay.keep_server(data, pos)
+
+    def _selective_server_event(self, message: Message, code: int) -> None:
+        """:meth:`_server_event` for a frame read by selective forwarding."""
+        hidden = self._hidden
+        if hidden and hidden[0][0] == self._z_seen:
+            self._hidden_answer(message)
+            return
+        if code == 0x5A:  # Z: hooks run before it is counted (see _server_event)
+            self._z_arriving = 1
+            try:
+                self._from_server(message, len(self._chain.middleware) - 1)
+            finally:
+                self._z_arriving = 0
+            return
+        if code == 0x45 and self._rejects:
+            rewritten = self._rewrite_reject_error(message)
+            assert isinstance(rewritten, Message)
+            message = rewritten
+        self._from_server(message, len(self._chain.middleware) - 1)
+
+    def _parameter_reported(self, status: ParameterStatus) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        upstream.frontend.parameters[status.name] = status.value
+        if status.name == "client_encoding":
+            upstream.frontend._set_client_encoding(status.value)
+            self.client.backend._set_client_encoding(status.value)
+
+    def _selective_to_client(self, message: Message | RawMessage) -> None:
+        """A message for the client, selective forwarding: the frame as it came
+        when no hook changed it, else encoded here."""
+        relay = self._relay
+        out = self._client_out
+        assert relay is not None and out is not None
+        if out.original(message):
+            if message.type_code == b"Z":
+                relay.client_status = chr(out._data[out.frame_end - 1])
+            return
+        if isinstance(message, RawMessage):
+            data = bytes(message)
+        else:
+            if type(message) not in BACKEND_TYPED_CLASSES:
+                raise TypeError(f"{type(message).__name__} is not a server message: it "
+                                "cannot be sent to the client")
+            data = message.encode(self.client.backend.encoding)
+            if isinstance(message, ParameterStatus) and message.name == "client_encoding":
+                self.client.backend._set_client_encoding(message.value)
+        if data[0] == 0x5A and len(data) == 6:  # Z
+            relay.client_status = chr(data[5])
+        out.write(data)
+
+    def _selective_to_upstream(self, message: Message | RawMessage) -> None:
+        """A message for the server, selective forwarding (as :meth:`_selective_to_client`)."""
+        relay = self._relay
+        upstream = self.upstream
+        out = self._upstream_out
+        assert relay is not None and upstream is not None and out is not None
+        if message is out.message:
+            relay.client_sent(out._data[out.frame_start])
+            out.original(message)
+            return
+        if isinstance(message, RawMessage):
+            data = bytes(message)
+        else:
+            if type(message) not in FRONTEND_TYPED_CLASSES:
+                raise TypeError(f"{type(message).__name__} is not a client message: it "
+                                "cannot be sent to the server")
+            data = message.encode(upstream.frontend.encoding)
+        relay.client_sent(data[0])
+        out.write(data)
+
+    def _hand_back(self, upstream: ClientConnection) -> None:
+        """Selective forwarding gives a pooled connection back: server bytes it
+        holds (after the frame being read, or an incomplete frame) go back to
+        the connection, for the pool to read."""
+        relay = self._relay
+        out = self._client_out
+        if relay is None or out is None:
+            return
+        self._flush_selective()
+        rest = relay.take_server(b"")
+        if out.message is not None:  # inside the server walk: what follows the frame
+            rest = out._data[out.frame_end:]
+        if rest:
+            upstream.frontend.receive_data(rest)
+
+    def _flush_selective(self) -> None:
+        """Write what selective forwarding holds, before anything written past it."""
+        if self._client_out is not None:
+            self._client_out.flush()
+        if self._upstream_out is not None:
+            self._upstream_out.flush()
+
+    def _selective(self) -> bool:
+        relay = self._relay
+        return relay is not None and relay.client_stop is not None
+
+    def _pending_syncs(self) -> int:
+        """ReadyForQuery messages the server still owes."""
+        relay = self._relay
+        if relay is not None:
+            return len(relay.pending)
+        upstream = self.upstream
+        assert upstream is not None
+        return upstream.frontend.pending_syncs
+
+    def _unsynced(self) -> bool:
+        """An extended-protocol batch was sent upstream and its Sync not yet."""
+        relay = self._relay
+        if relay is not None:
+            return relay.unsynced
+        upstream = self.upstream
+        assert upstream is not None
+        return upstream.frontend._conversation._unsynced
 
     def _server_event(self, event: object) -> None:
         state = self.state
@@ -984,20 +1272,37 @@ class Session:
         roles.login_role = self._upstream_user
         roles.session_user = self.server_parameters.get("session_authorization",
                                                         self._upstream_user)
+        config = self._proxy.config
+        chain = self._chain
+        if not config.check_protocol and self._relay is None and (
+            chain.client_codes or chain.server_codes
+        ):
+            # Before the hooks: a query they send goes by the relay's books.
+            self._start_forwarding(selective=True)
         self._report_auth(True)
         if self.state is SessionState.READY:
-            config = self._proxy.config
-            chain = self._chain
-            if not (config.check_protocol or chain.client_codes or chain.server_codes
-                    or self._hidden):
-                upstream = self.upstream
-                assert upstream is not None
-                conversation = upstream.frontend._conversation
-                self._relay = Relay(limit=config.max_message_size,
-                                    pending=deque(conversation._pending),
-                                    unsynced=conversation._unsynced,
-                                    status=self.client.backend.transaction_status)
+            if not config.check_protocol and self._relay is None:
+                self._start_forwarding(selective=bool(self._hidden))
             self._after_ready_for_query(count=False)
+
+    def _start_forwarding(self, *, selective: bool) -> None:
+        """Login is over: from here frames are delimited and counted (``_relay.py``),
+        not run through both state machines. Selective: frames stop where some
+        middleware (or the session) reads them; everything between goes as it came."""
+        upstream = self.upstream
+        assert upstream is not None
+        conversation = upstream.frontend._conversation
+        chain = self._chain
+        relay = Relay(limit=self._proxy.config.max_message_size,
+                      pending=deque(conversation._pending),
+                      unsynced=conversation._unsynced,
+                      status=self.client.backend.transaction_status)
+        if selective:
+            relay.client_stop = _CLIENT_STOPS.union(code[0] for code in chain.client_codes)
+            relay.server_stop = _SERVER_STOPS.union(code[0] for code in chain.server_codes)
+            self._client_out = Outbound(self.client._channel)
+            self._upstream_out = Outbound(upstream._channel)
+        self._relay = relay
 
     def _report_auth(self, ok: bool, *, sqlstate: str | None = None,
                      message: str | None = None) -> None:
@@ -1065,7 +1370,7 @@ class Session:
         """Requests sent upstream and not yet answered, or an open extended batch."""
         relay = self._relay
         if relay is not None:
-            return bool(relay.pending) or relay.unsynced
+            return bool(relay.pending) or relay.unsynced or self._held is not None
         upstream = self.upstream
         if upstream is None:
             return self._held is not None
@@ -1075,8 +1380,11 @@ class Session:
         """No request in flight and no transaction open: safe to end the session."""
         if self.state is not SessionState.READY:
             return True
-        if self._relay is not None:
-            return self._relay.at_rest
+        relay = self._relay
+        if relay is not None:
+            if relay.client_stop is None:
+                return relay.at_rest
+            return relay.at_rest and not self._deferred and relay.client_status == "I"
         upstream = self.upstream
         if upstream is None and self._pool is not None:
             return self._held is None and self.transaction_status == "I"
@@ -1171,12 +1479,25 @@ class Session:
             deliver(message)
 
     def _to_upstream(self, message: Message | RawMessage) -> None:
+        out = self._upstream_out
+        if out is not None and message is out.message and message.type_code != b"X":
+            # Selective forwarding, a frame every hook let through: its bytes.
+            relay = self._relay
+            assert relay is not None
+            relay.client_sent(out._data[out.frame_start])
+            out.run(out.frame_start, out.frame_end)
+            if self._query_backlog:
+                self._send_query_backlog()
+            return
         upstream = self.upstream
         assert upstream is not None
         if isinstance(message, Terminate):
             self._client_left("client terminated the session")
             return
-        upstream.send(message)
+        if self._selective():
+            self._selective_to_upstream(message)
+        else:
+            upstream.send(message)
         if self._query_backlog:
             self._send_query_backlog()
 
@@ -1186,7 +1507,16 @@ class Session:
             message.severity in ("FATAL", "PANIC")
         ):
             self._fatal_from_upstream = True
-        self._send_client(message)
+        out = self._client_out
+        if out is not None and message is out.message and self._leaving is None:
+            # Selective forwarding, a frame every hook let through: its bytes.
+            out.run(out.frame_start, out.frame_end)
+            if code == b"Z":
+                relay = self._relay
+                assert relay is not None
+                relay.client_status = chr(out._data[out.frame_end - 1])
+        else:
+            self._send_client(message)
         if code == b"Z":
             self._after_ready_for_query()
 
@@ -1196,9 +1526,7 @@ class Session:
         self._inject_to_server(verdict.to_server)
 
     def _inject_to_server(self, messages: tuple[Message, ...]) -> None:
-        upstream = self.upstream
-        assert upstream is not None
-        if messages and upstream.frontend._conversation._unsynced:
+        if messages and self._unsynced():
             # Its answers would land inside the client's batch, and with no Sync
             # of its own a failure would swallow the client's messages.
             raise TypeError("Inject(to_server=...) while the client's extended-protocol "
@@ -1210,32 +1538,31 @@ class Session:
     def _send_hidden(self, message: Message, collector: _Collector | None) -> None:
         upstream = self.upstream
         assert upstream is not None
-        before = upstream.frontend.pending_syncs
-        upstream.send(message)
-        if upstream.frontend.pending_syncs > before:
+        before = self._pending_syncs()
+        if self._selective():
+            self._selective_to_upstream(message)
+        else:
+            upstream.send(message)
+        if self._pending_syncs() > before:
             # The answer to this unit comes after every answer owed before it.
             self._hidden.append((self._z_seen + self._z_arriving + before, collector))
 
     def _query(self, sql: str, then: Callable[[QueryResult], None]) -> None:
-        if self.state is not SessionState.READY or self._relay is not None or (
-            self.upstream is None
+        if self.state is not SessionState.READY or self.upstream is None or (
+            self._relay is not None and self._relay.client_stop is None
         ):
             raise RuntimeError("ctx.query() needs a logged-in session whose middleware "
                                "reads messages and that holds its server connection "
                                "(call it from on_authenticated or a message hook)")
         collector = _Collector(sql, then)
-        upstream = self.upstream
-        assert upstream is not None
-        if upstream.frontend._conversation._unsynced:
+        if self._unsynced():
             # Behind the client's open batch: sent once its Sync has gone.
             self._query_backlog.append(collector)
         else:
             self._send_hidden(Query(query=sql), collector)
 
     def _send_query_backlog(self) -> None:
-        upstream = self.upstream
-        assert upstream is not None
-        if upstream.frontend._conversation._unsynced:
+        if self._unsynced():
             return
         backlog, self._query_backlog = self._query_backlog, []
         for collector in backlog:
@@ -1248,10 +1575,8 @@ class Session:
                             "Respond: only a Query or FunctionCall can be answered so")
         if not verdict.messages or not isinstance(verdict.messages[-1], ReadyForQuery):
             raise TypeError(f"{middleware!r}: a Respond must end with ReadyForQuery")
-        upstream = self.upstream
-        assert upstream is not None
         # Requests the proxy injected are in pending_syncs already.
-        owed = upstream.frontend.pending_syncs
+        owed = self._pending_syncs()
         if owed == 0 and not self._deferred:
             self._send_response(verdict.messages, outer)
             self._after_ready_for_query(count=False)
@@ -1333,6 +1658,13 @@ class Session:
         self._server = server
         self.upstream = server.conn
         self._attachments += 1
+        relay = self._relay
+        if relay is not None:
+            # Selective forwarding continues on this connection (idle, verified).
+            relay.status = "I"
+            relay.keep_server(server.conn.frontend._buffer.take_all(), 0)
+            if self._upstream_out is not None:
+                self._upstream_out.channel = server.conn._channel
         try:
             if self.state is SessionState.CONNECTING:
                 self._pool_login(server)
@@ -1357,6 +1689,11 @@ class Session:
         pool.client_joined(self._pool_key)
         self._issue_cancel_key()
         self._login_complete(ReadyForQuery(status=TransactionStatus.IDLE))
+        if self._relay is not None and not self.is_closed:
+            # What the client sent behind its login.
+            rest = self.client.backend._buffer.take_all()
+            if rest:
+                self._relay_client_bytes(rest)
 
     def _report_parameters(self, server: PooledServer) -> None:
         """Parameters that differ on this connection from what the client was told
@@ -1383,10 +1720,15 @@ class Session:
     def _releasable(self) -> bool:
         """Between transactions with nothing in flight: the connection may go back."""
         upstream = self.upstream
+        relay = self._relay
+        if relay is not None:
+            busy = bool(relay.pending) or relay.unsynced or relay.status != "I"
+        else:
+            busy = upstream is not None and (upstream.frontend.busy
+                                             or upstream.frontend.transaction_status != "I")
         return (upstream is not None and self.state is SessionState.READY
-                and not upstream.frontend.busy and not self._deferred and not self._hidden
+                and not busy and not self._deferred and not self._hidden
                 and not self._query_backlog and self._held is None
-                and upstream.frontend.transaction_status == "I"
                 and self.transaction_status == "I")
 
     def _detach(self) -> None:
@@ -1394,6 +1736,7 @@ class Session:
         server = self._server
         pool = self._pool
         assert server is not None and pool is not None and self.upstream is not None
+        self._hand_back(self.upstream)
         self._flush_link(self.upstream, MAIN_LINK)
         self._server = None
         self.upstream = None
@@ -1423,8 +1766,13 @@ class Session:
             return
         upstream = self.upstream
         assert upstream is not None and key is not None
+        relay = self._relay
         healthy = (not self._fatal_from_upstream and upstream._channel.error is None
-                   and not self._hidden and not self._deferred and self._held is None)
+                   and not self._hidden and not self._deferred and self._held is None
+                   and (relay is None or (not relay.pending and not relay.unsynced
+                                          and relay.status == "I"
+                                          and not self._upstream_failed)))
+        self._hand_back(upstream)
         with contextlib.suppress(ProtocolError):
             self._flush_link(upstream, MAIN_LINK)
         self._server = None
@@ -1479,7 +1827,11 @@ class Session:
 
     def _send_client(self, message: Message | RawMessage) -> None:
         if self._leaving is None:  # else nobody is there to read it
-            self.client.send(message)
+            relay = self._relay
+            if relay is not None and relay.client_stop is not None:
+                self._selective_to_client(message)
+            else:
+                self.client.send(message)
 
     def _flush_client(self) -> None:
         data = self.client.data_to_send()
@@ -1528,6 +1880,7 @@ class Session:
 
     def _upstream_broke(self, exc: ProtocolError) -> None:
         self._proxy.stats.upstream_errors += 1
+        self._upstream_failed = True
         if self.state is not SessionState.READY and isinstance(exc, RemoteProtocolError) and (
             exc.sqlstate not in (None, "08P01")
         ):
@@ -1569,6 +1922,7 @@ class Session:
         self._finish_with_terminate(reason)
 
     def _finish_with_terminate(self, reason: str) -> None:
+        self._flush_selective()
         upstream = self.upstream
         if upstream is not None and self._pool is None:
             try:
@@ -1583,6 +1937,7 @@ class Session:
     def _close(self, reason: str) -> None:
         if self.is_closed:
             return
+        self._flush_selective()
         tls = self.client._channel.tls
         if tls is not None and tls.handshake_complete:
             tls.close()  # close_notify: libpq treats a TLS end without it as an error
