@@ -21,7 +21,7 @@ import contextlib
 import secrets
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ..auth import ScramKeys, password_type
 from ..client import ClientConnection
@@ -143,6 +143,29 @@ def _error(code: str, message: str, severity: str = "FATAL", **extra: str | None
                          message=message, **extra)  # type: ignore[arg-type]
 
 
+_T = TypeVar("_T")
+
+#: The empty queue a session's rarely used queues point at until their first entry.
+#: Never appended to: ``maxlen=0`` would drop the entry silently, so the sites that
+#: add an entry replace it with a deque of their own first.
+_NO_ENTRIES: Final[deque[Any]] = deque(maxlen=0)
+
+#: Interned sets, so that sessions with equal interests share one object (every
+#: session of a proxy, normally) instead of each holding copies: a frozenset of a
+#: dozen entries is about 700 bytes. Bounded: a proxy has few distinct chains.
+_SHARED_SETS: dict[frozenset[Any], frozenset[Any]] = {}
+_SHARED_SETS_LIMIT: Final = 256
+
+
+def _shared(values: frozenset[_T]) -> frozenset[_T]:
+    found = _SHARED_SETS.get(values)
+    if found is not None:
+        return found
+    if len(_SHARED_SETS) < _SHARED_SETS_LIMIT:
+        _SHARED_SETS[values] = values
+    return values
+
+
 class _Chain:
     """The middleware of one session, with their contexts and interests."""
 
@@ -151,10 +174,10 @@ class _Chain:
     def __init__(self, middleware: list[Middleware[Any]], contexts: list[Context[Any]]) -> None:
         self.middleware = middleware
         self.contexts = contexts
-        self.client_codes: frozenset[bytes] = frozenset().union(
-            *(m.client_messages for m in middleware))
-        self.server_codes: frozenset[bytes] = frozenset().union(
-            *(m.server_messages for m in middleware))
+        self.client_codes: frozenset[bytes] = _shared(frozenset().union(
+            *(m.client_messages for m in middleware)))
+        self.server_codes: frozenset[bytes] = _shared(frozenset().union(
+            *(m.server_messages for m in middleware)))
 
 
 class Session:
@@ -278,8 +301,10 @@ class Session:
         # send once it reaches a mark; _hidden marks whose whole answer is eaten.
         self._z_seen = 0
         self._z_arriving = 0
-        self._deferred: deque[tuple[int, tuple[Message, ...], int]] = deque()
-        self._hidden: deque[tuple[int, _Collector | None]] = deque()
+        # Both stay the shared empty deque until their first entry (most sessions
+        # never defer or hide anything): 760 bytes each otherwise.
+        self._deferred: deque[tuple[int, tuple[Message, ...], int]] = _NO_ENTRIES
+        self._hidden: deque[tuple[int, _Collector | None]] = _NO_ENTRIES
         self._query_backlog: list[_Collector] = []
         self._rejects: dict[str, Reject] = {}
         self._reject_token = secrets.token_hex(8)
@@ -1298,8 +1323,10 @@ class Session:
                       unsynced=conversation._unsynced,
                       status=self.client.backend.transaction_status)
         if selective:
-            relay.client_stop = _CLIENT_STOPS.union(code[0] for code in chain.client_codes)
-            relay.server_stop = _SERVER_STOPS.union(code[0] for code in chain.server_codes)
+            relay.client_stop = _shared(
+                _CLIENT_STOPS.union(code[0] for code in chain.client_codes))
+            relay.server_stop = _shared(
+                _SERVER_STOPS.union(code[0] for code in chain.server_codes))
             self._client_out = Outbound(self.client._channel)
             self._upstream_out = Outbound(upstream._channel)
         self._relay = relay
@@ -1545,6 +1572,8 @@ class Session:
             upstream.send(message)
         if self._pending_syncs() > before:
             # The answer to this unit comes after every answer owed before it.
+            if self._hidden is _NO_ENTRIES:
+                self._hidden = deque()
             self._hidden.append((self._z_seen + self._z_arriving + before, collector))
 
     def _query(self, sql: str, then: Callable[[QueryResult], None]) -> None:
@@ -1581,6 +1610,8 @@ class Session:
             self._send_response(verdict.messages, outer)
             self._after_ready_for_query(count=False)
         else:
+            if self._deferred is _NO_ENTRIES:
+                self._deferred = deque()
             self._deferred.append((self._z_seen + owed, verdict.messages, outer))
 
     def _send_response(self, messages: tuple[Message, ...], outer: int) -> None:
