@@ -40,7 +40,7 @@ from ..protocol import (
     Query,
 )
 from ..roles._graph import RoleGraph, RoleGraphSource
-from ..roles._sql import Analysis, RoleAction, analyze, lexing_hazard
+from ..roles._sql import Analysis, RoleAction, analyze_roles, lexing_hazard
 from ..roles._state import RoleDecision
 from ..roles._tracker import LOGIN_SQL, VERIFY_SQL, RoleTracker
 from .base import AuthResult, Context, Middleware, QueryResult, Reject, SessionInfo, Verdict
@@ -66,6 +66,9 @@ _POLICIES: Final = ("deny", "allowlist", "drop_only")
 PRIVILEGED_PREDEFINED_ROLES: Final = frozenset({
     "pg_execute_server_program", "pg_read_server_files", "pg_write_server_files",
 })
+#: The client messages that carry SQL text (a tuple: ``Query | Parse`` would
+#: build a union object on every call).
+_SQL_MESSAGES: Final = (Query, Parse)
 
 
 @dataclass(slots=True)
@@ -228,7 +231,7 @@ class RoleGuard(Middleware[GuardState]):
         state = ctx.state
         tracker = state.tracker
         code = message.type_code
-        if isinstance(message, Query | Parse):
+        if isinstance(message, _SQL_MESSAGES):
             verdict, analysis = self._check_sql(ctx, message.query)
             state.requests += code == b"Q"  # after the check: in flight from now on
             if isinstance(message, Parse):
@@ -265,8 +268,8 @@ class RoleGuard(Middleware[GuardState]):
         if message.type_code == b"Z" and state.requests:
             state.requests -= 1
         tracker = state.tracker
-        if tracker is not None:
-            track_server(ctx, tracker, message, verify=bool(self.verify))
+        if tracker is not None and tracker.observe_server(message) and self.verify:
+            _verify(ctx, tracker)
         return None
 
     def close(self) -> None:
@@ -297,7 +300,9 @@ class RoleGuard(Middleware[GuardState]):
                                 "is off (a backslash in an ordinary string constant, or after "
                                 "a non-ASCII character), and the setting may have changed: "
                                 "use E'' strings, or send it when no request is in flight")
-        analysis = analyze(sql)
+        # Text without any role word holds nothing to decide: it needs no parse
+        # tree, only (to refuse what does not parse) the parser's syntax check.
+        analysis = analyze_roles(sql, check_syntax=self.unparseable == "refuse")
         if analysis.error is not None:
             if self.unparseable == "allow":
                 return None, None
@@ -317,6 +322,11 @@ class RoleGuard(Middleware[GuardState]):
 
     def _check_actions(self, ctx: Context[GuardState], sql: str,
                        analysis: Analysis) -> Reject | None:
+        for statement in analysis.statements:
+            if statement.actions:
+                break
+        else:
+            return None  # nothing to decide (most statements): no allocations
         decisions: list[RoleDecision] = []
         for action in analysis.actions:
             reason = self._reason_to_refuse(ctx, action)
@@ -560,10 +570,15 @@ def track_server(ctx: Context[Any], tracker: RoleTracker, message: Message, *,
                  verify: bool = True) -> None:
     """Feed a server message to the tracker; ask the server after a change."""
     if tracker.observe_server(message) and verify:
+        _verify(ctx, tracker)
 
-        def verified(answer: QueryResult) -> None:
-            if answer.ok and answer.rows:
-                current, session = answer.rows[0][:2]
-                tracker.verified(current or "", session or "")
 
-        ctx.query(VERIFY_SQL, verified)
+def _verify(ctx: Context[Any], tracker: RoleTracker) -> None:
+    """Ask the server who the session is now, and tell the tracker."""
+
+    def verified(answer: QueryResult) -> None:
+        if answer.ok and answer.rows:
+            current, session = answer.rows[0][:2]
+            tracker.verified(current or "", session or "")
+
+    ctx.query(VERIFY_SQL, verified)

@@ -72,7 +72,6 @@ of the statements or functions above skips the tree walk altogether.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -88,6 +87,8 @@ from ..roles._sql import (
     _literal_text,
     _loads_deep,
     _parser,
+    mentions_any,
+    statement_kinds,
 )
 from ..roles._state import ROLE_SETTINGS
 
@@ -168,7 +169,6 @@ _CURSOR_OPT_HOLD: Final = 0x0020
 # Pre-filters on libpg_query's JSON text: it spells node and function names out
 # verbatim (it escapes only quotes, backslashes and control characters), so a
 # tree whose text lacks all of them needs no decoding and no walk.
-_STATEMENT_TOKEN: Final = '"stmt":{"'
 _CALL_NODE_TOKEN: Final = '"FuncCall"'
 _CALL_TOKENS: Final = ("set_config", "advisory_lock", "nextval", "setval")
 _TEMP_TOKENS: Final = ("pg_temp", '"relpersistence":"t"')
@@ -200,11 +200,7 @@ _WORDS: Final = ("set", "prepare", "listen", "declare", "hold", "do", "call", "l
 
 
 def _analyze_text(sql: str) -> StateEffects:
-    lowered = sql.lower()
-    for word in _WORDS:
-        if word in lowered:
-            break
-    else:
+    if not mentions_any(sql, _WORDS):
         return _NOTHING
     parser = _parser()
     try:
@@ -217,7 +213,7 @@ def _analyze_text(sql: str) -> StateEffects:
         calls = any(token in lowered for token in _CALL_TOKENS)
     temp = _TEMP_TOKENS[0] in text or _TEMP_TOKENS[1] in text
     settings_table = _SETTINGS_TABLE_TOKEN in text
-    if not (calls or temp or settings_table) and _TOP_LEVEL.isdisjoint(_statement_kinds(text)):
+    if not (calls or temp or settings_table) and _TOP_LEVEL.isdisjoint(statement_kinds(text)):
         return _NOTHING
     try:
         tree = json.loads(text)
@@ -232,18 +228,6 @@ def _analyze_text(sql: str) -> StateEffects:
         return _NOTHING
     return StateEffects(adds=frozenset(found.adds), discard_all=found.discard_all,
                         settings_changed=frozenset(found.settings))
-
-
-def _statement_kinds(text: str) -> Iterator[str]:
-    """The node type of each statement in libpg_query's JSON, without decoding it:
-    every statement is ``{"stmt":{"<Kind>":...`` (a ``"`` inside a string is
-    escaped, so string constants cannot fake one)."""
-    position = text.find(_STATEMENT_TOKEN)
-    while position != -1:
-        start = position + len(_STATEMENT_TOKEN)
-        end = text.find('"', start)
-        yield text[start:end]
-        position = text.find(_STATEMENT_TOKEN, end)
 
 
 class _Found:

@@ -21,7 +21,14 @@ the server) and walks every statement's tree for what can change a role:
 It also reports transaction control (for tracking what a ROLLBACK undoes)
 and statements that change how later text is lexed
 (``standard_conforming_strings``). Results are cached by text: a repeated
-statement costs a dictionary lookup.
+statement costs a dictionary lookup. A text whose statements are all of
+kinds that report nothing (the usual SELECT, INSERT, UPDATE...) and that
+names neither set_config nor pg_settings costs the parse alone: its JSON tree
+is read for the statement kinds, not decoded.
+
+:func:`analyze_roles` is what a role tracker uses: the same, but a text
+without any of :data:`ROLE_WORDS` (a lexical test, no parse) gives an empty
+:class:`Analysis`, since nothing in it can matter to a role model.
 
 Without pglast (an optional dependency: ``pip install pgwire[sql]``),
 :func:`analyze` raises :class:`ModuleNotFoundError` naming the extra.
@@ -39,11 +46,15 @@ from ._state import ROLE_SETTINGS
 
 __all__ = [
     "ROLE_SETTINGS",
+    "ROLE_WORDS",
     "Analysis",
     "RoleAction",
     "StatementInfo",
     "analyze",
+    "analyze_roles",
     "lexing_hazard",
+    "mentions_any",
+    "mentions_role_words",
 ]
 
 #: Settings whose change alters how the server lexes later SQL text.
@@ -183,14 +194,117 @@ def _analyze(sql: str) -> Analysis:
     return _analyze_text(sql)
 
 
+#: Words (lower case) one of which every construct a role model reads needs
+#: spelled out in the text: what gives a statement role actions (SET/RESET of
+#: role or session_authorization under any name, ALTER ... SET/RESET, DISCARD,
+#: DO, CALL, FUNCTION/PROCEDURE/ROUTINE definitions, set_config, pg_settings),
+#: transaction control (BEGIN, START, COMMIT, END, ROLLBACK, ABORT, SAVEPOINT,
+#: RELEASE, PREPARE TRANSACTION) and the prepared statements and cursors a
+#: tracker follows (PREPARE, EXECUTE, DEALLOCATE, DECLARE, FETCH, MOVE, CLOSE).
+#: Keywords cannot be quoted or escaped; identifiers (a setting or function
+#: name) can be quoted, but only ``U&"..."`` changes their letters, hence
+#: ``u&``. "set" is not needed: a SET of another setting has no role action.
+ROLE_WORDS: Final = (
+    "role", "authorization", "u&", "reset", "set_config", "pg_settings", "discard",
+    "do", "call", "function", "procedure", "routine", "begin", "start", "commit", "end",
+    "rollback", "abort", "savepoint", "release", "prepare", "execute", "deallocate",
+    "declare", "fetch", "move", "close",
+)
+
+
+def mentions_any(sql: str, words: tuple[str, ...]) -> bool:
+    """True when the lower-cased ``sql`` contains one of ``words`` (lower case)
+    as a substring: inside a longer word, identifier, string or comment too.
+
+    A lexical pre-filter for an analysis that looks for statements and names
+    spelled with these words: keywords cannot be quoted or escaped, and an
+    identifier's letters change only in a ``U&"..."`` (put ``u&`` in the
+    words when identifiers count). It never misses; at worst it sends text
+    to the parser for nothing. (A loop of substring tests: several times
+    faster than one regular expression of the alternatives.)
+    """
+    lowered = sql.lower()
+    for word in words:  # noqa: SIM110 - a generator in any() is slower
+        if word in lowered:
+            return True
+    return False
+
+
+def mentions_role_words(sql: str) -> bool:
+    """False when ``sql`` contains none of :data:`ROLE_WORDS` in any case, so
+    that :func:`analyze` would find no role action, transaction control,
+    prepared statement or cursor in it: every statement it reports is just a
+    node type (maybe with ``changes_lexing``), or the text does not parse."""
+    return mentions_any(sql, ROLE_WORDS)
+
+
+def analyze_roles(sql: str, *, check_syntax: bool = False) -> Analysis:
+    """:func:`analyze` as a role model needs it: the same, except that text
+    without any of :data:`ROLE_WORDS` gives ``Analysis()`` (no statements, no
+    error) without being parsed into a tree. A tracker treats both alike: such
+    statements change nothing it follows, and neither does text that does not
+    parse.
+
+    With ``check_syntax``, such text is still run through the parser (its
+    statement splitter, which builds no tree: about half the cost of a parse),
+    so ``error`` is exactly what :func:`analyze` gives: what a guard that
+    refuses unparseable text needs.
+    """
+    if not sql:
+        return _EMPTY
+    if len(sql) > _ROLES_CACHED_TEXT_LIMIT:
+        if mentions_role_words(sql):
+            return analyze(sql)
+        return _syntax(sql) if check_syntax else _EMPTY
+    return _analyze_roles(sql, check_syntax)
+
+
+#: Texts up to this length keep analyze_roles' own verdict (a cache hit is
+#: cheaper than the word test); longer ones take the word test every time,
+#: so this cache adds at most 8,192 short texts to what analyze keeps.
+_ROLES_CACHED_TEXT_LIMIT: Final = 1024
+
+
+@lru_cache(maxsize=8192)
+def _analyze_roles(sql: str, check_syntax: bool) -> Analysis:
+    if mentions_role_words(sql):
+        return analyze(sql)
+    return _syntax(sql) if check_syntax else _EMPTY
+
+
+def _syntax(sql: str) -> Analysis:
+    """``Analysis()``, or the parse error :func:`analyze` would report."""
+    parser = _parser()
+    try:
+        parser.split(sql, with_parser=True)
+    except parser.ParseError as exc:
+        return Analysis(error=str(exc))
+    except UnicodeError as exc:
+        return _not_unicode(exc)
+    return _EMPTY
+
+
+def _not_unicode(exc: UnicodeError) -> Analysis:
+    # Lone surrogates: no server would get this text.
+    return Analysis(error=f"the text is not valid Unicode: {exc}")
+
+
 def _analyze_text(sql: str) -> Analysis:
     parser = _parser()
     try:
         text = parser.parse_sql_json(sql)
     except parser.ParseError as exc:
         return Analysis(error=str(exc))
-    except UnicodeError as exc:  # lone surrogates: no server would get this text
-        return Analysis(error=f"the text is not valid Unicode: {exc}")
+    except UnicodeError as exc:
+        return _not_unicode(exc)
+    plain = _plain_statements(text)
+    if plain is not None:
+        return Analysis(statements=plain)
+    return _decoded(text)
+
+
+def _decoded(text: str) -> Analysis:
+    """The analysis of libpg_query's JSON ``text``, decoded and walked."""
     try:
         tree = json.loads(text)
     except RecursionError:
@@ -205,6 +319,54 @@ def _analyze_text(sql: str) -> Analysis:
     statements = tuple(_statement(raw.get("stmt", {}), deep)
                        for raw in tree.get("stmts", ()))
     return Analysis(statements=statements)
+
+
+#: Statement kinds :func:`_statement` may report something about even when the
+#: text names neither set_config nor pg_settings (it reads their bodies).
+_READ_KINDS: Final = frozenset({
+    "VariableSetStmt", *_DEFAULT_SETTERS, "DiscardStmt", "TransactionStmt", "DoStmt",
+    "CallStmt", *_FUNCTION_DEFINERS, "PrepareStmt", "ExecuteStmt", "DeallocateStmt",
+    "DeclareCursorStmt", "FetchStmt", "ClosePortalStmt",
+})
+_STATEMENT_TOKEN: Final = '"stmt":{"'
+#: One shared, empty :class:`StatementInfo` per plain statement kind.
+_PLAIN: dict[str, StatementInfo] = {}
+
+
+def _plain_statements(text: str) -> tuple[StatementInfo, ...] | None:
+    """The statements of libpg_query's JSON ``text`` when every one of them is
+    plain (its :func:`_statement` would be just its node type), else None.
+
+    Read from the text without decoding it: each statement is
+    ``{"stmt":{"<Kind>":...`` (RawStmt is the only node with a field named
+    ``stmt``, and a ``"`` inside a JSON string is escaped, so a string constant
+    cannot fake one), and set_config and pg_settings are spelled out verbatim
+    wherever the tree names them (see :func:`_decoded`).
+    """
+    if "set_config" in text or "pg_settings" in text:
+        return None
+    statements: list[StatementInfo] = []
+    for kind in statement_kinds(text):
+        if kind in _READ_KINDS:
+            return None
+        info = _PLAIN.get(kind)
+        if info is None:
+            info = _PLAIN[kind] = StatementInfo(node=kind)
+        statements.append(info)
+    return tuple(statements)
+
+
+def statement_kinds(text: str) -> Iterator[str]:
+    """The node type of each statement in libpg_query's JSON ``text``, in order,
+    without decoding it: each statement is ``{"stmt":{"<Kind>":...`` (RawStmt is
+    the only node with a field named ``stmt``, and a ``"`` inside a JSON string
+    is escaped, so a string constant cannot fake one)."""
+    position = text.find(_STATEMENT_TOKEN)
+    while position != -1:
+        start = position + len(_STATEMENT_TOKEN)
+        end = text.find('"', start)
+        yield text[start:end]
+        position = text.find(_STATEMENT_TOKEN, end)
 
 
 def lexing_hazard(sql: str) -> bool:

@@ -39,7 +39,7 @@ from ..protocol import (
     Query,
     ReadyForQuery,
 )
-from ._sql import Analysis, StatementInfo, analyze
+from ._sql import Analysis, StatementInfo, analyze_roles
 from ._state import RoleChange, SessionRoles
 
 __all__ = ["CLIENT_MESSAGES", "LOGIN_SQL", "SERVER_MESSAGES", "VERIFY_SQL", "RoleTracker"]
@@ -74,6 +74,13 @@ class _ExecuteEntry:
 @dataclass(slots=True)
 class _SyncEntry:
     """A Sync sent upstream: the end of an extended batch."""
+
+
+#: What a ReadyForQuery ends (a tuple: a union would be built on every call).
+_REQUEST_ENDS = (_QueryEntry, _SyncEntry)
+#: Statement nodes :meth:`RoleTracker._apply` reads even without actions.
+_NODES_READ = frozenset({"PrepareStmt", "DeallocateStmt", "ExecuteStmt",
+                         "DeclareCursorStmt", "FetchStmt"})
 
 
 @dataclass(slots=True)
@@ -271,7 +278,7 @@ class RoleTracker:
         """ReadyForQuery: end of a request. True when a change should be verified now."""
         while self._pending:
             entry = self._pending.popleft()
-            if isinstance(entry, _QueryEntry | _SyncEntry):
+            if isinstance(entry, _REQUEST_ENDS):
                 break
         if status == "I":
             # Portals end with their transaction (an implicit one at Sync).
@@ -300,6 +307,11 @@ class RoleTracker:
     # -- the model ---------------------------------------------------------------------
 
     def _apply(self, statement: StatementInfo, tag: str, sql: str) -> None:
+        if not (statement.actions or statement.transaction is not None
+                or statement.prepared is not None or statement.node in _NODES_READ):
+            # Most statements: nothing below applies.
+            self._publish(sql, verified=False)
+            return
         transaction = statement.transaction
         if transaction is not None:
             self._transaction_control(transaction, statement.savepoint, tag)
@@ -433,8 +445,9 @@ class RoleTracker:
 
 
 def _analyze(sql: str) -> Analysis | None:
-    """The analysis, or None (effects unknown) when pglast is not installed."""
+    """The analysis, or None (effects unknown) when pglast is not installed
+    (text without any role word is not parsed: see :func:`analyze_roles`)."""
     try:
-        return analyze(sql)
+        return analyze_roles(sql)
     except ModuleNotFoundError:
         return None
