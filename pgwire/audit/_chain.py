@@ -25,10 +25,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from json.encoder import encode_basestring_ascii
+from operator import attrgetter, itemgetter
 from typing import Any, Final
+
+from ._records import AuditRecord, Fact, format_time
 
 __all__ = [
     "GENESIS",
@@ -38,6 +43,7 @@ __all__ = [
     "chain_hash",
     "read_chain_tail",
     "seal",
+    "seal_records",
     "verify_chain",
 ]
 
@@ -62,7 +68,7 @@ def chain_hash(body: str, key: bytes | None = None) -> str:
     data = body.encode("ascii")
     if key is None:
         return hashlib.sha256(data).hexdigest()
-    return hmac.new(key, data, hashlib.sha256).hexdigest()
+    return hmac.digest(key, data, "sha256").hex()
 
 
 def seal(record: Mapping[str, Any], seq: int, prev: str, key: bytes | None = None
@@ -77,6 +83,169 @@ def seal(record: Mapping[str, Any], seq: int, prev: str, key: bytes | None = Non
     digest = chain_hash(canonical_json(body), key)
     body["hash"] = digest
     return canonical_json(body) + "\n", digest
+
+
+# -- writing records fast ------------------------------------------------------------------
+#
+# seal(record.as_dict(), ...) builds two dicts per record and runs json.dumps
+# with sort_keys over them twice. A record class has a fixed set of keys, so
+# its canonical line is a fixed template: the keys in sorted order with a
+# slot for each value. seal_records fills those templates, encoding each value
+# the way json.dumps(..., ensure_ascii=True, allow_nan=False) does (strings
+# with the same C escaper; anything but str, int, float, bool, None and
+# tuples of them goes to json.dumps itself), and tests/audit check that its
+# lines are byte for byte those of seal().
+
+
+def _encode_float(value: float) -> str:
+    if math.isfinite(value):
+        return float.__repr__(value)
+    raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
+
+
+def _encode_tuple(values: tuple[Any, ...]) -> str:
+    return "[" + ",".join([_encode_value(value) for value in values]) + "]"
+
+
+def _encode_other(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False)
+
+
+def _encode_null(_: None) -> str:
+    return "null"
+
+
+def _encode_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+#: The canonical spelling of a value, by its exact type.
+_ENCODERS: Final[dict[type, Callable[[Any], str]]] = {
+    str: encode_basestring_ascii,
+    int: int.__repr__,
+    type(None): _encode_null,
+    bool: _encode_bool,
+    float: _encode_float,
+    tuple: _encode_tuple,
+}
+
+
+def _encode_value(value: Any) -> str:
+    return _ENCODERS.get(type(value), _encode_other)(value)
+
+
+class _Layout:
+    """One record class's canonical line, as two templates around ``"hash"``.
+
+    The sorted keys split at ``"hash"``: the ``head`` template holds the
+    keys before it (``event`` and fields), the ``tail`` the keys after it
+    (fields, ``prev`` and ``seq``); neither is ever empty. The body that is
+    hashed is ``head`` and ``tail`` joined by a comma; the line puts the hash
+    between them. Both are filled from the encoded values in field order
+    followed by ``prev`` and ``seq``.
+    """
+
+    __slots__ = ("head", "head_values", "tail", "tail_values", "values")
+
+    def __init__(self, cls: type[AuditRecord]) -> None:
+        names = [f.name for f in fields(cls)]
+        for name in _CHAIN_FIELDS:
+            if name in names:
+                raise ValueError(f"an audit record may not have a field named {name!r}")
+        head_names = sorted(n for n in [*names, "event"] if n < "hash")
+        tail_names = sorted(n for n in [*names, "prev", "seq"] if n > "hash")
+        self.head = ",".join(self._slot(cls, name) for name in head_names)
+        self.tail = ",".join(self._slot(cls, name) for name in tail_names)
+        #: A record's values in field order (a fact's come from fact_values).
+        self.values: Callable[[AuditRecord], tuple[Any, ...]] = _getter(attrgetter, names)
+        # From the encoded values (fields, prev, seq), the head's and the tail's.
+        order = [*names, "prev", "seq"]
+        self.head_values = _getter(itemgetter, [order.index(n) for n in head_names
+                                                if n != "event"])
+        self.tail_values = _getter(itemgetter, [order.index(n) for n in tail_names])
+
+    @staticmethod
+    def _slot(record_class: type[AuditRecord], name: str) -> str:
+        key = encode_basestring_ascii(name) + ":"
+        if name == "event":
+            return (key + encode_basestring_ascii(record_class.event)).replace("%", "%%")
+        return key.replace("%", "%%") + "%s"
+
+
+def _getter(kind: Callable[..., Callable[[Any], Any]], keys: Sequence[Any]
+            ) -> Callable[[Any], tuple[Any, ...]]:
+    """``attrgetter`` or ``itemgetter`` of ``keys`` that always gives a tuple."""
+    if not keys:
+        return lambda _: ()
+    if len(keys) == 1:
+        one = kind(keys[0])
+        return lambda source: (one(source),)
+    getter: Callable[[Any], tuple[Any, ...]] = kind(*keys)
+    return getter
+
+
+_LAYOUTS: dict[type[AuditRecord], _Layout] = {}
+#: A session's fixed fields (a fact's Who), encoded: most of a line, the same
+#: in every record of the session, whose facts share one Who tuple. Keyed by
+#: identity (equal tuples may spell differently: 1 and True), and holding the
+#: tuple so its id is not reused while the entry lives.
+_WHO_ENCODED: dict[int, tuple[Any, tuple[str, ...]]] = {}
+_WHO_ENCODED_MAX: Final = 4096
+
+
+def _layout(cls: type[AuditRecord]) -> _Layout:
+    layout = _LAYOUTS[cls] = _Layout(cls)
+    return layout
+
+
+def _encoded_who(who: Any) -> tuple[str, ...]:
+    entry = _WHO_ENCODED.get(id(who))
+    if entry is not None and entry[0] is who:
+        return entry[1]
+    if len(_WHO_ENCODED) >= _WHO_ENCODED_MAX:
+        _WHO_ENCODED.clear()
+    encoded = tuple([_encode_value(value) for value in who])
+    _WHO_ENCODED[id(who)] = (who, encoded)
+    return encoded
+
+
+def seal_records(records: Sequence[AuditRecord | Fact], seq: int, prev: str,
+                 key: bytes | None = None) -> tuple[list[str], int, str]:
+    """Chain ``records`` after line ``seq`` whose hash is ``prev``: their lines
+    (each exactly ``seal(record.as_dict(), ...)[0]``, a fact's that of the record
+    it stands for), the last seq and hash."""
+    layouts = _LAYOUTS
+    encoders = _ENCODERS
+    sha256 = hashlib.sha256
+    digest_of = hmac.digest
+    lines: list[str] = []
+    append = lines.append
+    for record in records:
+        seq += 1
+        if isinstance(record, tuple):
+            cls, nanoseconds, who, effective_role, application_name, own = record
+            layout = layouts.get(cls) or _layout(cls)
+            w = _encoded_who(who)
+            # fact_values(record), encoded: the who part comes encoded already.
+            encoded = (encode_basestring_ascii(format_time(nanoseconds)),
+                       w[0], w[1], w[2], w[3], w[4],
+                       encoders.get(type(effective_role), _encode_other)(effective_role),
+                       w[5], w[6],
+                       encoders.get(type(application_name), _encode_other)(application_name),
+                       *[encoders.get(type(v), _encode_other)(v) for v in own],
+                       encode_basestring_ascii(prev), str(seq))
+        else:
+            layout = layouts.get(type(record)) or _layout(type(record))
+            encoded = (*[encoders.get(type(v), _encode_other)(v)
+                         for v in layout.values(record)],
+                       encode_basestring_ascii(prev), str(seq))
+        head = layout.head % layout.head_values(encoded)
+        tail = layout.tail % layout.tail_values(encoded)
+        data = ("{" + head + "," + tail + "}").encode("ascii")
+        prev = sha256(data).hexdigest() if key is None else digest_of(key, data, "sha256").hex()
+        append("{" + head + ',"hash":"' + prev + '",' + tail + "}\n")
+    return lines, seq, prev
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

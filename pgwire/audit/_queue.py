@@ -1,8 +1,10 @@
 """The bounded queue between the data path and a sink, and its one writer thread.
 
 Hooks put records in (:meth:`AuditQueue.put`, never blocking unless the
-policy is ``block``); one background thread per queue takes them out in
-batches and hands each batch to the sink, retrying a batch that fails
+policy is ``block``), or the facts a record is built from (a
+:data:`~pgwire.audit._records.Fact`, cheaper to make); one background
+thread per queue takes them out in batches, builds the records of the
+facts, and hands each batch to the sink, retrying a batch that fails
 until it is written. :meth:`AuditQueue.close` writes everything accepted,
 then closes the sink.
 """
@@ -15,10 +17,11 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
-from ._records import AuditRecord
+from ._records import AuditRecord, Fact, build_record
 from ._sinks import Sink
 
 __all__ = ["WHEN_FULL", "AuditQueue", "AuditStats", "WhenFull"]
@@ -41,7 +44,8 @@ class AuditStats:
     - ``refused``: statements refused because the queue was full (``reject``);
     - ``failed_batches``: calls to the sink's ``write`` that raised (each retried);
     - ``lost``: accepted records given up at close because the sink kept failing
-      past ``close_timeout``;
+      past ``close_timeout`` (and, were there a bug, records that could not be
+      built from their facts);
     - ``queued``: records accepted and not yet written, now.
     """
 
@@ -97,7 +101,8 @@ class AuditQueue:
         self.name = name
         self._batch_size = max(1, int(getattr(sink, "batch_size", _DEFAULT_BATCH_SIZE)))
         self._flush_interval = max(0.0, float(getattr(sink, "flush_interval", 0.0)))
-        self._records: deque[AuditRecord] = deque()
+        self._takes_facts = getattr(sink, "takes_facts", False) is True
+        self._records: deque[AuditRecord | Fact] = deque()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -110,10 +115,10 @@ class AuditQueue:
 
     # -- the data path -----------------------------------------------------------------
 
-    def put(self, record: AuditRecord, *, refusable: bool = False) -> bool:
-        """Queue ``record``; False when the policy threw it away (drop) or refused it
-        (reject, and ``refusable``)."""
-        with self._changed:
+    def put(self, record: AuditRecord | Fact, *, refusable: bool = False) -> bool:
+        """Queue ``record`` (or the fact it is built from); False when the policy
+        threw it away (drop) or refused it (reject, and ``refusable``)."""
+        with self._lock:  # the condition's lock: cheaper to enter than the condition
             if len(self._records) >= self.capacity:
                 policy = self.when_full
                 if policy == "block":
@@ -197,9 +202,32 @@ class AuditQueue:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._deliver(batch)
+            records = batch if self._takes_facts else self._build(batch)
+            if records:
+                self._deliver(records)
 
-    def _next_batch(self) -> list[AuditRecord] | None:
+    def _build(self, batch: list[AuditRecord | Fact]) -> list[AuditRecord]:
+        """The batch with each fact built into its record (one that cannot be is lost)."""
+        records: list[AuditRecord] = []
+        lost = 0
+        for item in batch:
+            if isinstance(item, AuditRecord):
+                records.append(item)
+                continue
+            try:
+                records.append(build_record(item))
+            except Exception as exc:  # a bug: say so, and keep the thread and the rest
+                lost += 1
+                logger.error("audit queue %s could not build a record from %r: %s: %s",
+                             self.name, item, type(exc).__name__, exc)
+        if lost:
+            with self._lock:
+                self._lost += lost
+                self._in_flight -= lost
+                self._changed.notify_all()
+        return records
+
+    def _next_batch(self) -> list[AuditRecord | Fact] | None:
         with self._changed:
             self._changed.wait_for(lambda: bool(self._records) or self._closing)
             if not self._records:
@@ -218,11 +246,13 @@ class AuditQueue:
             self._changed.notify_all()  # room for a blocked put
             return batch
 
-    def _deliver(self, batch: list[AuditRecord]) -> None:
+    def _deliver(self, batch: Sequence[AuditRecord | Fact]) -> None:
+        # Facts only reach a sink that takes them (see _run).
+        records = cast("Sequence[AuditRecord]", batch)
         delay = self.retry_delay
         while True:
             try:
-                self.sink.write(batch)
+                self.sink.write(records)
             except Exception as exc:
                 with self._changed:
                     self._failed_batches += 1

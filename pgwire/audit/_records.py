@@ -3,8 +3,13 @@
 Every record carries the same who-and-where fields (:class:`AuditRecord`);
 each subclass adds what its event needs. :meth:`AuditRecord.as_dict` gives
 the JSON-ready form that every sink writes, with the event's name under
-``"event"``. Records are built on the data path, so building one is plain
-attribute assignment; turning it into JSON happens in the sink's thread.
+``"event"``.
+
+The data path does not build records: the Audit middleware captures a
+:data:`Fact` (a tuple: the record class, the clock in nanoseconds, the
+session's fixed fields, the values that change) and the queue's thread
+turns it into the record with :func:`build_record`, formatting the time
+there. Turning a record into JSON happens in that thread too.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeAlias
 
 __all__ = [
     "EVENTS",
@@ -25,6 +30,7 @@ __all__ = [
     "DisconnectRecord",
     "ErrorRecord",
     "ExecuteRecord",
+    "Fact",
     "FunctionCallRecord",
     "ParseRecord",
     "QueryRecord",
@@ -32,6 +38,9 @@ __all__ = [
     "RoleDecisionRecord",
     "RoleMappingRecord",
     "TLSRecord",
+    "Who",
+    "build_record",
+    "format_time",
     "rows_from_tag",
     "utc_now",
 ]
@@ -41,15 +50,20 @@ __all__ = [
 _second_cache: tuple[int, str] = (-1, "")
 
 
-def utc_now() -> str:
-    """The current time as UTC ISO 8601 with microseconds: ``2024-05-01T12:00:00.123456Z``."""
+def format_time(nanoseconds: int) -> str:
+    """``time.time_ns()`` as UTC ISO 8601 with microseconds: ``2024-05-01T12:00:00.123456Z``."""
     global _second_cache  # noqa: PLW0603 - a one-entry cache; a tuple swap is atomic
-    second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    second, nanoseconds = divmod(nanoseconds, 1_000_000_000)
     cached_second, prefix = _second_cache
     if second != cached_second:
         prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache = (second, prefix)
     return f"{prefix}.{nanoseconds // 1000:06d}Z"
+
+
+def utc_now() -> str:
+    """The current time as UTC ISO 8601 with microseconds: ``2024-05-01T12:00:00.123456Z``."""
+    return format_time(time.time_ns())
 
 
 def rows_from_tag(tag: str) -> int | None:
@@ -355,3 +369,50 @@ EVENTS: Final[dict[str, type[AuditRecord]]] = {
         RoleDecisionRecord, RoleChangeRecord, DisconnectRecord,
     )
 }
+
+
+#: A session's fields that stay put once it is logged in, in this order:
+#: ``session_id``, ``proxy_pid``, ``client_address``, ``startup_user``,
+#: ``upstream_role``, ``backend_pid``, ``database``.
+Who: TypeAlias = tuple[int, int, str | None, str | None, str | None, int | None, str | None]
+#: A record as the data path captures it: its class, ``time.time_ns()``, the
+#: session's :data:`Who`, ``effective_role``, ``application_name``, and the
+#: class's own fields (those :class:`AuditRecord` lacks) in declaration order.
+Fact: TypeAlias = tuple[type[AuditRecord], int, Who, str | None, str | None, tuple[Any, ...]]
+
+_SETTERS: dict[type[AuditRecord], tuple[Any, ...]] = {}
+
+
+def fact_values(fact: Fact) -> tuple[Any, ...]:
+    """The values of the record a :data:`Fact` stands for, in field order."""
+    _, nanoseconds, who, effective_role, application_name, own = fact
+    return (format_time(nanoseconds), who[0], who[1], who[2], who[3], who[4], effective_role,
+            who[5], who[6], application_name, *own)
+
+
+def build_record(fact: Fact) -> AuditRecord:
+    """The record a :data:`Fact` stands for.
+
+    Its fields are set through their slots, as the dataclass's own
+    ``__init__`` would set them, without the keyword arguments' dict.
+    """
+    cls = fact[0]
+    setters = _SETTERS.get(cls)
+    if setters is None:
+        setters = _SETTERS[cls] = tuple(_slot_setter(cls, name) for name in _field_names(cls))
+    values = fact_values(fact)
+    if len(values) != len(setters):
+        raise ValueError(f"a {cls.__name__} has {len(setters)} fields, the fact "
+                         f"{len(values)} values")
+    record = object.__new__(cls)
+    for setter, value in zip(setters, values, strict=True):
+        setter(record, value)
+    return record
+
+
+def _slot_setter(cls: type[AuditRecord], name: str) -> Any:
+    for klass in cls.__mro__:
+        slot = klass.__dict__.get(name)
+        if slot is not None:
+            return slot.__set__
+    raise TypeError(f"{cls.__name__} has no slot {name!r}")  # pragma: no cover

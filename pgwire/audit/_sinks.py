@@ -21,8 +21,8 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from ..sqlclient import SQLConnection
 from ..tls import SSLMODES, SSLMode
-from ._chain import ChainError, canonical_json, read_chain_tail, seal
-from ._records import AuditRecord
+from ._chain import ChainError, canonical_json, read_chain_tail, seal_records
+from ._records import AuditRecord, Fact
 
 __all__ = [
     "POSTGRES_COLUMNS",
@@ -46,7 +46,11 @@ class Sink(Protocol):
     ``close`` releases files and connections; a later ``write`` may reopen
     them. Two optional attributes tune batching: ``batch_size`` (most
     records per ``write``, default 500) and ``flush_interval`` (seconds to
-    wait for a batch to fill, default 0: write what is there).
+    wait for a batch to fill, default 0: write what is there). A third is
+    internal for now: ``takes_facts = True`` (:class:`JsonLinesSink`) says
+    ``write`` also takes the facts a record is built from (the private
+    ``Fact`` tuples of :mod:`pgwire.audit._records`, mixed with records), so
+    the queue skips building those records.
     """
 
     def write(self, records: Sequence[AuditRecord]) -> None:
@@ -77,6 +81,8 @@ class JsonLinesSink:
     """
 
     batch_size = 500
+    #: write() serializes facts without building their records.
+    takes_facts = True
 
     def __init__(self, path: str | os.PathLike[str], key: bytes | str | None = None, *,
                  fsync: bool = False, flush_interval: float = 0.05) -> None:
@@ -106,19 +112,14 @@ class JsonLinesSink:
         """The ``(seq, hash)`` of the last line written, once the file is open."""
         return (self._seq, self._hash) if self._fd is not None else None
 
-    def write(self, records: Sequence[AuditRecord]) -> None:
-        """Append the records as chained lines, in one write."""
+    def write(self, records: Sequence[AuditRecord | Fact]) -> None:
+        """Append the records (or facts) as chained lines, in one write."""
         fd = self._fd if self._fd is not None else self._open()
         if self._dirty:
             # A failed write left part of a batch behind: cut it off, or stop.
             os.ftruncate(fd, self._size)
             self._dirty = False
-        seq, digest = self._seq, self._hash
-        lines: list[str] = []
-        for record in records:
-            seq += 1
-            line, digest = seal(record.as_dict(), seq, digest, self._key)
-            lines.append(line)
+        lines, seq, digest = seal_records(records, self._seq, self._hash, self._key)
         data = memoryview("".join(lines).encode("ascii"))
         try:
             while data:

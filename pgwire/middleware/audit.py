@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ from ..audit._records import (
     DisconnectRecord,
     ErrorRecord,
     ExecuteRecord,
+    Fact,
     FunctionCallRecord,
     ParseRecord,
     QueryRecord,
@@ -40,6 +42,7 @@ from ..audit._records import (
     RoleDecisionRecord,
     RoleMappingRecord,
     TLSRecord,
+    Who,
     rows_from_tag,
     utc_now,
 )
@@ -117,7 +120,7 @@ class AuditSession:
     #: This session's role tracker, when the audit keeps ctx.roles current.
     tracker: RoleTracker | None = None
     #: The common fields that stay put once the session is logged in.
-    fixed: dict[str, Any] | None = None
+    fixed: Who | None = None
 
 
 def _format_address(address: tuple[str, int] | str | None) -> str | None:
@@ -306,14 +309,14 @@ class Audit(Middleware[AuditSession]):
             state.portals.pop("", None)
             state.requests += 1
             sql = self._clip(message.query)
-            return self._request(ctx, "query", sql, QueryRecord(
-                **self._who(ctx), request=state.requests, sql=sql))
+            return self._request(ctx, "query", sql,
+                                 self._fact(ctx, QueryRecord, (state.requests, sql)))
         if code == b"P":
             assert isinstance(message, Parse)
             sql = self._clip(message.query)
-            record = ParseRecord(**self._who(ctx), statement_name=message.statement,
-                                 sql=sql, parameter_types=message.parameter_types)
-            if not self.queue.put(record, refusable=True) and self._rejecting:
+            fact = self._fact(ctx, ParseRecord,
+                              (message.statement, sql, message.parameter_types))
+            if not self.queue.put(fact, refusable=True) and self._rejecting:
                 return self._refusal()
             _remember(state.statements, message.statement, (sql, message.parameter_types))
             return None
@@ -324,21 +327,20 @@ class Audit(Middleware[AuditSession]):
             assert isinstance(message, Execute)
             statement_name, portal_sql = state.portals.get(message.portal, (None, None))
             state.requests += 1
-            return self._request(ctx, "execute", portal_sql, ExecuteRecord(
-                **self._who(ctx), request=state.requests, portal=message.portal,
-                statement_name=statement_name, sql=portal_sql, max_rows=message.max_rows))
+            return self._request(ctx, "execute", portal_sql, self._fact(
+                ctx, ExecuteRecord, (state.requests, message.portal, statement_name,
+                                     portal_sql, message.max_rows)))
         if code == b"F":
             assert isinstance(message, FunctionCall)
             state.requests += 1
             arguments = self._values(ctx, None, message.arguments, message.argument_formats)
-            return self._request(ctx, "function_call", None, FunctionCallRecord(
-                **self._who(ctx), request=state.requests, function_oid=message.function_oid,
-                argument_count=len(message.arguments), arguments=arguments,
-                redaction=self.redaction))
+            return self._request(ctx, "function_call", None, self._fact(
+                ctx, FunctionCallRecord, (state.requests, message.function_oid,
+                                          len(message.arguments), arguments, self.redaction)))
         return None
 
     def _request(self, ctx: Context[AuditSession], kind: str, sql: str | None,
-                 record: AuditRecord) -> Verdict:
+                 record: Fact) -> Verdict:
         state = ctx.state
         recorded = self.queue.put(record, refusable=True)
         state.pending.append(_Pending(kind, state.requests, sql, recorded))
@@ -356,13 +358,11 @@ class Audit(Middleware[AuditSession]):
         elif not formats:
             formats = (0,) * count
         types = tuple(declared[i] if i < len(declared) else 0 for i in range(count))
-        record = BindRecord(
-            **self._who(ctx), portal=message.portal, statement_name=message.statement, sql=sql,
-            parameter_count=count, parameter_types=types,
-            parameter_formats=tuple("binary" if f == 1 else "text" for f in formats),
-            parameters=self._values(ctx, sql, message.parameters, formats),
-            redaction=self.redaction)
-        if not self.queue.put(record, refusable=True) and self._rejecting:
+        fact = self._fact(ctx, BindRecord, (
+            message.portal, message.statement, sql, count, types,
+            tuple(["binary" if f == 1 else "text" for f in formats]),
+            self._values(ctx, sql, message.parameters, formats), self.redaction))
+        if not self.queue.put(fact, refusable=True) and self._rejecting:
             return self._refusal()
         _remember(state.portals, message.portal, (message.statement, sql))
         return None
@@ -450,10 +450,9 @@ class Audit(Middleware[AuditSession]):
                     pending.popleft()
                     self._complete(ctx, owner, "error")
             if owner is None or owner.recorded:
-                self._emit(ErrorRecord(
-                    **self._who(ctx), request=owner.request if owner else None,
-                    sql=owner.sql if owner else None, severity=message.severity,
-                    sqlstate=message.code, message=message.message, detail=message.detail))
+                self._emit(self._fact(ctx, ErrorRecord, (
+                    owner.request if owner else None, owner.sql if owner else None,
+                    message.severity, message.code, message.message, message.detail)))
         elif code == b"I":
             if front is not None and front.kind == "execute":
                 pending.popleft()
@@ -464,18 +463,20 @@ class Audit(Middleware[AuditSession]):
         return None
 
     def _complete(self, ctx: Context[AuditSession], entry: _Pending, status: str) -> None:
-        state = ctx.state
-        counts = [n for n in map(rows_from_tag, entry.tags) if n is not None]
-        rows = sum(counts) if counts else None
+        duration = time.perf_counter() - entry.started
+        tags = entry.tags
+        if len(tags) == 1:
+            rows = rows_from_tag(tags[0])
+        else:
+            counts = [n for n in map(rows_from_tag, tags) if n is not None]
+            rows = sum(counts) if counts else None
         if rows:
-            state.rows += rows
+            ctx.state.rows += rows
         if not entry.recorded:
             return
-        self._emit(CompletionRecord(
-            **self._who(ctx), request=entry.request, kind=entry.kind, sql=entry.sql,
-            status=status, duration=time.perf_counter() - entry.started, rows=rows,
-            command_tags=tuple(entry.tags),
-            sqlstate=(entry.error or None) if status == "error" else None))
+        self.queue.put(self._fact(ctx, CompletionRecord, (
+            entry.request, entry.kind, entry.sql, status, duration, rows, tuple(tags),
+            (entry.error or None) if status == "error" else None)))
 
     # -- roles -------------------------------------------------------------------------
 
@@ -505,32 +506,48 @@ class Audit(Middleware[AuditSession]):
         digest = hashlib.sha256(sql.encode("utf-8", "surrogatepass")).hexdigest()
         return f"{sql[:limit]}... [{len(sql) - limit} more characters; sha256 {digest}]"
 
-    def _emit(self, record: AuditRecord) -> None:
+    def _emit(self, record: AuditRecord | Fact) -> None:
         """Queue a record that follows from something already recorded (never refused)."""
         self.queue.put(record)
 
-    def _who(self, ctx: Context[AuditSession]) -> dict[str, Any]:
-        """The common fields of a record made now."""
+    def _fact(self, ctx: Context[AuditSession], cls: type[AuditRecord],
+              own: tuple[Any, ...]) -> Fact:
+        """A record of ``cls`` made now, as the facts the queue's thread builds it
+        from: the clock, not the formatted time; tuples, no dicts. ``own`` holds
+        the values of the fields ``cls`` adds, in the order it declares them."""
+        state = ctx.state
+        who = state.fixed or self._fixed(ctx)
+        roles = ctx.roles
+        return (cls, time.time_ns(), who, roles.current_user if roles.tracked else None,
+                ctx.parameters.get("application_name", state.application_name), own)
+
+    def _fixed(self, ctx: Context[AuditSession]) -> Who:
+        """The common fields that stay put once the session is logged in (kept then)."""
         state = ctx.state
         roles = ctx.roles
-        fixed = state.fixed
-        if fixed is None:
-            fixed = {
-                "session_id": ctx.info.session_id,
-                "client_address": state.client_address,
-                "startup_user": roles.client_user or state.startup_user,
-                "upstream_role": roles.login_role,
-                "backend_pid": ctx.backend_pid,
-                "database": roles.database or state.client_database,
-            }
-            if state.subscribed:  # logged in: these no longer change
-                state.fixed = fixed
-        who = dict(fixed)
-        who["time"] = utc_now()
-        who["effective_role"] = roles.current_user if roles.tracked else None
-        who["application_name"] = ctx.parameters.get("application_name",
-                                                     state.application_name)
+        who: Who = (ctx.info.session_id, os.getpid(), state.client_address,
+                    roles.client_user or state.startup_user, roles.login_role,
+                    ctx.backend_pid, roles.database or state.client_database)
+        if state.subscribed:  # logged in: these no longer change
+            state.fixed = who
         return who
+
+    def _who(self, ctx: Context[AuditSession]) -> dict[str, Any]:
+        """The common fields of a record made now (for the records of a session's
+        start and end; statements' records are :meth:`_fact` s)."""
+        state = ctx.state
+        roles = ctx.roles
+        session_id, proxy_pid, client_address, startup_user, upstream_role, backend_pid, \
+            database = state.fixed or self._fixed(ctx)
+        return {
+            "time": utc_now(), "session_id": session_id, "proxy_pid": proxy_pid,
+            "client_address": client_address, "startup_user": startup_user,
+            "upstream_role": upstream_role,
+            "effective_role": roles.current_user if roles.tracked else None,
+            "backend_pid": backend_pid, "database": database,
+            "application_name": ctx.parameters.get("application_name",
+                                                   state.application_name),
+        }
 
 
 def _remember(names: dict[str, Any], name: str, value: Any) -> None:
