@@ -49,6 +49,11 @@ _OUT_OF_ORDER: Final = frozenset(b"pQF")
 _IDLE_SERVER_TYPES: Final = frozenset(b"NASE")
 #: What a server may send after login (ready and COPY phases).
 _SERVER_TYPES: Final = frozenset(b"123ACDEGHINSTVWZnstdc")
+#: Answers only the extended protocol gets (ParseComplete, BindComplete,
+#: CloseComplete, NoData, PortalSuspended, ParameterDescription): never owed to a
+#: simple Query or a FunctionCall.
+_EXTENDED_ANSWERS: Final = frozenset(b"123nst")
+_SIMPLE_REQUESTS: Final = frozenset(b"QF")
 _EMPTY: Final = b""
 _TYPE_CODES: Final = tuple(bytes([code]) for code in range(256))
 #: Frames up to this size (header included) are worth remembering decoded...
@@ -267,6 +272,8 @@ class Relay:
         stops: list[int] = []
         size = len(data)
         limit = self.limit + 4
+        pending = self.pending
+        answering = 0  # which request of ``pending`` the frames answer
         while pos + 5 <= size:
             length = int.from_bytes(data[pos + 1:pos + 5])
             if not 4 <= length <= limit:
@@ -278,6 +285,15 @@ class Relay:
             if code not in _SERVER_TYPES:
                 return stops, pos, RemoteProtocolError(
                     f"unexpected message type {chr(code)!r} from the server after login")
+            if code in _EXTENDED_ANSWERS and answering < len(pending) and (
+                pending[answering] in _SIMPLE_REQUESTS
+            ):
+                return stops, pos, RemoteProtocolError(
+                    f"server sent message type {chr(code)!r}, which cannot answer a simple "
+                    "Query or a FunctionCall")
+            if code == 0x5A or (code == 0x47 and answering < len(pending)
+                                and pending[answering] == _SYNC):
+                answering += 1  # as server_seen will pop it
             if code in stop:
                 stops.append(pos)
             pos = end

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pgwire as pw
+from pgwire.protocol import RemoteProtocolError
 from pgwire.proxy import (
     POOL_LINK_BASE,
     Action,
@@ -109,6 +110,8 @@ class Client:
     received: list[object] = field(default_factory=list)
     #: Every byte the proxy sent this client.
     raw: bytearray = field(default_factory=bytearray)
+    #: The client's own state machine refused what it got (see Net.lenient).
+    judged: RemoteProtocolError | None = None
 
     def send(self, *messages: pw.Message) -> None:
         data = b"".join(self.frontend.send(m) for m in messages)
@@ -127,7 +130,17 @@ class Client:
         self.net.run(self.session, self.session.timer_fired(name))
 
     def events(self) -> list[object]:
-        events = drain(self.frontend)
+        if self.judged is not None:
+            return []
+        try:
+            events = drain(self.frontend)
+        except RemoteProtocolError as exc:
+            if not self.net.lenient:
+                raise
+            # The selective path forwards server bytes as they came, as a direct
+            # connection would: only the client can judge them (engine.md).
+            self.judged = exc
+            return []
         self.received.extend(events)
         return events
 
@@ -148,13 +161,17 @@ class Net:
     user = "alice"
 
     def __init__(self, *, clock: FakeClock | None = None,
-                 client_decode: set[bytes] | None = None, **pool_settings: Any) -> None:
+                 client_decode: set[bytes] | None = None, check_protocol: bool = False,
+                 lenient: bool = False, **pool_settings: Any) -> None:
         self.clock = clock or FakeClock()
         #: What the clients' Frontends decode (None: everything).
         self.client_decode = client_decode
+        #: A client's state machine may refuse server bytes the proxy passed on
+        #: unchecked (the selective path); without it that fails the test.
+        self.lenient = lenient
         pool_settings.setdefault("mode", "transaction")
         config = ProxyConfig(upstream=UPSTREAM, auth=ProxyAuth(method="trust"),
-                             pool=PoolConfig(**pool_settings))
+                             check_protocol=check_protocol, pool=PoolConfig(**pool_settings))
         self.proxy = Proxy(config, clock=self.clock)
         pool = self.proxy.pool
         assert pool is not None
@@ -1074,7 +1091,7 @@ LINK_STATES = ("login", "authenticated", "baseline", "idle", "verify", "active",
                "pinned", "reset", "session mode")
 
 
-def reach(state: str) -> tuple[Net, int]:
+def reach(state: str, *, check_protocol: bool = True) -> tuple[Net, int]:
     """A pool whose link ``POOL_LINK_BASE`` is in ``state``, with a client
     waiting for a connection wherever one can.
 
@@ -1082,7 +1099,8 @@ def reach(state: str) -> tuple[Net, int]:
     transaction goes to its client untouched, and only the client can judge it.
     """
     net = Net(max_size=1, mode="session" if state == "session mode" else "transaction",
-              client_decode=set())
+              client_decode=set(), check_protocol=check_protocol,
+              lenient=not check_protocol)
     link = POOL_LINK_BASE
     if state in ("login", "authenticated", "baseline"):
         net.client()
@@ -1159,10 +1177,14 @@ def check_outputs(net: Net) -> None:
     assert net.proxy.stats.internal_errors == 0
 
 
-def fuzz_link(state: str, chunks: Sequence[bytes]) -> None:
+def fuzz_link(state: str, chunks: Sequence[bytes], *, check_protocol: bool) -> None:
     """Feed ``chunks`` to the link in ``state``; then it hangs up and healthy
-    servers answer the rest: nobody is left waiting."""
-    net, link = reach(state)
+    servers answer the rest: nobody is left waiting.
+
+    With ``check_protocol`` the engine must pass on only valid protocol; without
+    it (the selective path) a client may get the server's bytes as they came,
+    and its own state machine refusing them counts as the client's judgement."""
+    net, link = reach(state, check_protocol=check_protocol)
     server = net.servers[link]
     for chunk in chunks:
         net.server_bytes(link, chunk)
@@ -1175,6 +1197,8 @@ def fuzz_link(state: str, chunks: Sequence[bytes]) -> None:
     check_outputs(net)
     assert net.row()["clients_waiting"] == 0
     for client in net.clients:
+        if client.judged is not None:
+            continue
         last = client.received[-1]
         assert client.closed or (isinstance(last, pw.RawMessage) and last.type_code == b"Z"), (
             client.received)
@@ -1184,11 +1208,13 @@ FUZZ_SETTINGS = settings(deadline=None, report_multiple_bugs=False, suppress_hea
     HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 
+@pytest.mark.parametrize("check_protocol", [True, False], ids=["checked", "selective"])
 @settings(FUZZ_SETTINGS, max_examples=120)
 @given(state=st.sampled_from(LINK_STATES), data=st.data(), payload=fuzz_bytes())
 def test_any_bytes_on_a_pool_link_are_handled_or_close_the_link(
-        state: str, data: st.DataObject, payload: bytes) -> None:
-    fuzz_link(state, data.draw(pst.chunkings(payload), label="chunks"))
+        check_protocol: bool, state: str, data: st.DataObject, payload: bytes) -> None:
+    fuzz_link(state, data.draw(pst.chunkings(payload), label="chunks"),
+              check_protocol=check_protocol)
 
 
 @pytest.mark.slow
@@ -1196,7 +1222,8 @@ def test_any_bytes_on_a_pool_link_are_handled_or_close_the_link(
 @given(state=st.sampled_from(LINK_STATES), data=st.data(), payload=fuzz_bytes())
 def test_any_bytes_on_a_pool_link_long_run(
         state: str, data: st.DataObject, payload: bytes) -> None:
-    fuzz_link(state, data.draw(pst.chunkings(payload), label="chunks"))
+    fuzz_link(state, data.draw(pst.chunkings(payload), label="chunks"),
+              check_protocol=data.draw(st.booleans(), label="check_protocol"))
 
 
 # -- hypothesis: client bytes between transactions ------------------------------------------
