@@ -43,7 +43,7 @@ __all__ = ["DecodedFrames", "Outbound", "Relay"]
 
 _FRONTEND_TYPES: Final = frozenset(b"QPBDECSHFXdcfp")
 _SYNC: Final = 0x53
-#: Client types selective forwarding checks the order of (see Relay._check_order).
+#: Client types selective forwarding checks the order of (see Relay._order_error).
 _OUT_OF_ORDER: Final = frozenset(b"pQF")
 #: What a server may send with no request in flight.
 _IDLE_SERVER_TYPES: Final = frozenset(b"NASE")
@@ -69,8 +69,8 @@ class Relay:
     ReadyForQuery (Query, Sync, FunctionCall), oldest first.
     """
 
-    __slots__ = ("_client_rest", "_server_rest", "client_closed", "client_status",
-                 "client_stop", "fatal",
+    __slots__ = ("_client_rest", "_server_rest", "client_closed", "client_error",
+                 "client_status", "client_stop", "fatal",
                  "limit", "parameters", "pending", "ready_seen", "server_stop", "status",
                  "terminated", "unsynced")
 
@@ -101,6 +101,9 @@ class Relay:
         self.client_status = status
         #: The client closed while its request waited for a pooled connection.
         self.client_closed = False
+        #: A client protocol error found behind frames that must go on first
+        #: (see :meth:`client_run`): raise it once they have.
+        self.client_error: RemoteProtocolError | None = None
 
     def _too_big(self, code: int, length: int, who: str) -> RemoteProtocolError:
         if length < 4:
@@ -200,18 +203,27 @@ class Relay:
         size = len(data)
         limit = self.limit + 4
         pending = self.pending
+        start = pos
         while pos + 5 <= size:
             code = data[pos]
             length = int.from_bytes(data[pos + 1:pos + 5])
+            error = None
             if code not in _FRONTEND_TYPES:
-                raise RemoteProtocolError(f"invalid frontend message type {code}")
-            if not 4 <= length <= limit:
-                raise self._too_big(code, length, "client")
+                error = RemoteProtocolError(f"invalid frontend message type {code}")
+            elif not 4 <= length <= limit:
+                error = self._too_big(code, length, "client")
+            elif code in _OUT_OF_ORDER and pos + 1 + length <= size:
+                error = self._order_error(code)
+            if error is not None:
+                if pos == start:
+                    raise error
+                # The frames before it go on first, as they would have had they
+                # come in a read of their own: the caller raises it afterwards.
+                self.client_error = error
+                return pos, pos
             end = pos + 1 + length
             if end > size:
                 break
-            if code in _OUT_OF_ORDER:
-                self._check_order(code)
             if code in stop:
                 return pos, end
             pos = end
@@ -224,17 +236,18 @@ class Relay:
                 self.unsynced = True
         return pos, pos
 
-    def _check_order(self, code: int) -> None:
+    def _order_error(self, code: int) -> RemoteProtocolError | None:
         """What the client's state machine would refuse at little cost: a
         password message after login, a Query or FunctionCall inside an
         extended-protocol batch."""
         if code == 0x70:
-            raise RemoteProtocolError("unexpected message type 'p' from the client in phase "
-                                      "ready")
+            return RemoteProtocolError("unexpected message type 'p' from the client in phase "
+                                       "ready")
         if self.unsynced:
             name = "Query" if code == 0x51 else "FunctionCall"
-            raise RemoteProtocolError(f"{name} in the middle of an extended-query batch: "
-                                      "send Sync first")
+            return RemoteProtocolError(f"{name} in the middle of an extended-query batch: "
+                                       "send Sync first")
+        return None
 
     def client_sent(self, code: int) -> None:
         """A message of type ``code`` goes upstream (not by :meth:`client_run`);

@@ -1005,6 +1005,10 @@ class Session:
         finally:
             out.finish()
             relay.keep_client(data, pos)
+        error = relay.client_error
+        if error is not None:
+            relay.client_error = None
+            raise error
         if held:
             self._hold_client_bytes(relay.take_client(b""), 0)
 
