@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import ClassVar, Final
 
+from .._interning import shared
 from ._codec import MAX_PROTOCOL_MESSAGE_LENGTH, Reader, python_encoding
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import NEED_DATA, ConnectionClosed, NeedData
@@ -18,20 +19,6 @@ __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Connection"]
 #: (0x3fffffff), which lets one connection pin a gigabyte of a proxy's memory.
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 
-#: Equal decode sets, shared: a proxy makes two connections per session, all
-#: with the same few sets (216 bytes each). Bounded, in case a caller makes
-#: many different ones.
-_DECODE_SETS: dict[frozenset[bytes], frozenset[bytes]] = {}
-_MAX_DECODE_SETS: Final = 64
-
-
-def _shared(codes: frozenset[bytes]) -> frozenset[bytes]:
-    found = _DECODE_SETS.get(codes)
-    if found is not None:
-        return found
-    if len(_DECODE_SETS) < _MAX_DECODE_SETS:
-        _DECODE_SETS[codes] = codes
-    return codes
 
 
 class Connection:
@@ -65,7 +52,7 @@ class Connection:
         for code in codes:
             if not isinstance(code, bytes) or len(code) != 1:
                 raise ValueError(f"decode takes one-byte type codes such as b'D', not {code!r}")
-        self._decode_set = _shared(codes)
+        self._decode_set = shared(codes)
         self._error: RemoteProtocolError | None = None
         self._eof = False
         #: Python codec of the session's client_encoding (from ParameterStatus).

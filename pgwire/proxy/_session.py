@@ -21,8 +21,9 @@ import contextlib
 import secrets
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
+from .._interning import shared
 from ..auth import ScramKeys, password_type
 from ..client import ClientConnection
 from ..login import Authenticated, LoginFailed, LoginRefused
@@ -143,27 +144,11 @@ def _error(code: str, message: str, severity: str = "FATAL", **extra: str | None
                          message=message, **extra)  # type: ignore[arg-type]
 
 
-_T = TypeVar("_T")
-
 #: The empty queue a session's rarely used queues point at until their first entry.
 #: Never appended to: ``maxlen=0`` would drop the entry silently, so the sites that
 #: add an entry replace it with a deque of their own first.
 _NO_ENTRIES: Final[deque[Any]] = deque(maxlen=0)
 
-#: Interned sets, so that sessions with equal interests share one object (every
-#: session of a proxy, normally) instead of each holding copies: a frozenset of a
-#: dozen entries is about 700 bytes. Bounded: a proxy has few distinct chains.
-_SHARED_SETS: dict[frozenset[Any], frozenset[Any]] = {}
-_SHARED_SETS_LIMIT: Final = 256
-
-
-def _shared(values: frozenset[_T]) -> frozenset[_T]:
-    found = _SHARED_SETS.get(values)
-    if found is not None:
-        return found
-    if len(_SHARED_SETS) < _SHARED_SETS_LIMIT:
-        _SHARED_SETS[values] = values
-    return values
 
 
 class _Chain:
@@ -174,9 +159,9 @@ class _Chain:
     def __init__(self, middleware: list[Middleware[Any]], contexts: list[Context[Any]]) -> None:
         self.middleware = middleware
         self.contexts = contexts
-        self.client_codes: frozenset[bytes] = _shared(frozenset().union(
+        self.client_codes: frozenset[bytes] = shared(frozenset().union(
             *(m.client_messages for m in middleware)))
-        self.server_codes: frozenset[bytes] = _shared(frozenset().union(
+        self.server_codes: frozenset[bytes] = shared(frozenset().union(
             *(m.server_messages for m in middleware)))
 
 
@@ -1327,9 +1312,9 @@ class Session:
                       unsynced=conversation._unsynced,
                       status=self.client.backend.transaction_status)
         if selective:
-            relay.client_stop = _shared(
+            relay.client_stop = shared(
                 _CLIENT_STOPS.union(code[0] for code in chain.client_codes))
-            relay.server_stop = _shared(
+            relay.server_stop = shared(
                 _SERVER_STOPS.union(code[0] for code in chain.server_codes))
             self._client_out = Outbound(self.client._channel)
             self._upstream_out = Outbound(upstream._channel)
