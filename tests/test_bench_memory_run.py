@@ -7,7 +7,6 @@ marked slow and skipped without the server binaries.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -18,6 +17,7 @@ from types import ModuleType
 import pytest
 
 from pgwire.testing.cluster import ClusterUnavailable, find_postgres_bindir
+from tests.interop.proxy_wire import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_memory.py"
@@ -25,16 +25,8 @@ NUMBER = r"-?\d+\.\d"
 
 
 def load_script() -> ModuleType:
-    """bench_memory.py as a module (it imports bench_proxy from its own directory)."""
-    directory = str(SCRIPT.parent)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    spec = importlib.util.spec_from_file_location("bench_memory", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/bench_memory.py as a module."""
+    return load_module(SCRIPT, "bench_memory")
 
 
 def test_memory_of_this_process_is_read_from_proc() -> None:

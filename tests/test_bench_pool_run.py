@@ -10,7 +10,6 @@ pool handed out a connection per transaction, the session pool one per client.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from types import ModuleType
 
 import pytest
 from test_bench_proxy_run import pgbench_or_skip, pgbouncer_installed
+
+from tests.interop.proxy_wire import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_pool.py"
@@ -33,16 +34,8 @@ COUNTER_HEADINGS = ("transactions", "checkouts", "verifications", "resets", "dis
 
 
 def load_script() -> ModuleType:
-    """bench_pool.py as a module (it imports bench_proxy from its own directory)."""
-    directory = str(SCRIPT.parent)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    spec = importlib.util.spec_from_file_location("bench_pool", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/bench_pool.py as a module."""
+    return load_module(SCRIPT, "bench_pool")
 
 
 def bouncer_version() -> str | None:

@@ -9,7 +9,6 @@ install it otherwise. The pgwire proxy row may say "skipped" only while
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ from types import ModuleType
 import pytest
 
 from pgwire.testing.cluster import ClusterUnavailable, find_postgres_bindir
+from tests.interop.proxy_wire import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_proxy.py"
@@ -112,12 +112,8 @@ def test_quick_run_reports_every_target_in_both_modes() -> None:
 
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_proxy", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/bench_proxy.py as a module."""
+    return load_module(SCRIPT, "bench_proxy")
 
 
 @pytest.mark.parametrize(("output", "expected"), [

@@ -26,7 +26,7 @@ import pytest
 import pgwire as pw
 from pgwire.client import ClientConnection
 
-__all__ = ["TIMEOUT", "RawClient", "load_example", "read_line", "wait_until"]
+__all__ = ["TIMEOUT", "RawClient", "load_example", "load_module", "read_line", "wait_until"]
 
 #: Seconds any one client operation may take.
 TIMEOUT = 10.0
@@ -133,15 +133,24 @@ def read_line(process: subprocess.Popen[str], pattern: str) -> re.Match[str]:
     return match
 
 
-def load_example(name: str) -> ModuleType:
-    """Import examples/<name>.py from its path (examples/ is not a package), as
-    ``example_<name>``; importing it twice gives the same module."""
-    module_name = f"example_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import the file ``path`` as module ``name`` (examples/ and benchmarks/ are
+    not packages); its directory goes on ``sys.path`` first, so that it finds its
+    neighbours (bench_pool imports bench_proxy). Importing it twice gives the
+    same module."""
+    if name in sys.modules:
+        return sys.modules[name]
+    directory = str(path.parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module   # dataclasses look their module up
+    sys.modules[name] = module   # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def load_example(name: str) -> ModuleType:
+    """Import examples/<name>.py from its path, as ``example_<name>``."""
+    return load_module(EXAMPLES / f"{name}.py", f"example_{name}")
