@@ -38,6 +38,7 @@ from ..protocol import (
     Message,
     Parse,
     Query,
+    RemoteProtocolError,
 )
 from ..roles._graph import RoleGraph, RoleGraphSource
 from ..roles._sql import Analysis, RoleAction, analyze_roles, lexing_hazard
@@ -559,7 +560,7 @@ def start_tracking(ctx: Context[Any], owner: object, *,
 
     def logged_in(answer: QueryResult) -> None:
         if answer.ok and answer.rows:
-            current, session, setting = (value or "" for value in answer.rows[0][:3])
+            current, session, setting = _first_row(answer, LOGIN_SQL, 3)
             tracker.login(current, session, setting)
 
     ctx.query(LOGIN_SQL, logged_in)
@@ -578,7 +579,22 @@ def _verify(ctx: Context[Any], tracker: RoleTracker) -> None:
 
     def verified(answer: QueryResult) -> None:
         if answer.ok and answer.rows:
-            current, session = answer.rows[0][:2]
-            tracker.verified(current or "", session or "")
+            current, session = _first_row(answer, VERIFY_SQL, 2)
+            tracker.verified(current, session)
 
     ctx.query(VERIFY_SQL, verified)
+
+
+def _first_row(answer: QueryResult, sql: str, columns: int) -> list[str]:
+    """The answer's first row as ``columns`` strings (NULL as ""), or the server is broken.
+
+    PostgreSQL always answers the tracker's own queries with that many columns;
+    another shape means something other than PostgreSQL answered, and nobody
+    knows who the session is: the session ends as after any protocol breach
+    by the server (08P01), never as a proxy bug.
+    """
+    row = answer.rows[0]
+    if len(row) < columns:
+        raise RemoteProtocolError(f"the server answered {sql!r} with {len(row)} column(s), "
+                                  f"not {columns}")
+    return [value or "" for value in row[:columns]]

@@ -360,6 +360,9 @@ def parse_options(value: str) -> list[OptionSetting]:
     :class:`InvalidOptions` (SQLSTATE 42601, PostgreSQL's wording); nothing
     else is ever raised.
     """
+    if "\0" in value:
+        # No wire packet can carry one (NUL ends the string); a packet built in code can.
+        raise InvalidOptions("an options value cannot contain a NUL character")
     words = split_options(value)
     settings: list[OptionSetting] = []
     index = 0
