@@ -3,7 +3,11 @@
 Transports and protocols, not streams: bytes go from ``data_received`` into the
 sans-IO session and its actions go straight to ``transport.write``. When one
 side's write buffer fills, the other side stops reading until it drains, so a
-slow client cannot make the proxy hold a fast server's whole result.
+slow client cannot make the proxy hold a fast server's whole result; the
+client is not read either while its own buffer is full (it does not read its
+answers) or while it has ``max_pipeline`` requests in flight. A pooled
+session counts the pool's socket of the server connection it holds as one of
+its own.
 
 Usage::
 
@@ -20,11 +24,20 @@ import contextlib
 import importlib
 import os
 import socket
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, cast
 
 from ..middleware.base import JobOutcome
-from ..proxy import Address, Pool, Proxy, ProxyConfig, Session, format_address
+from ..proxy import (
+    MAIN_LINK,
+    Action,
+    Address,
+    Pool,
+    Proxy,
+    ProxyConfig,
+    Session,
+    format_address,
+)
 from ._base import SessionDriver, run_job
 
 __all__ = ["AsyncioProxy", "new_event_loop", "run", "start_proxy"]
@@ -33,12 +46,14 @@ __all__ = ["AsyncioProxy", "new_event_loop", "run", "start_proxy"]
 class _Side(asyncio.Protocol):
     """One socket of a session: the client's, or an upstream link."""
 
-    __slots__ = ("driver", "link", "transport")
+    __slots__ = ("driver", "full", "link", "reading", "transport")
 
     def __init__(self, driver: _Driver, link: int | None) -> None:
         self.driver = driver
         self.link = link  # None: the client
         self.transport: asyncio.Transport | None = None
+        self.full = False  # its write buffer is above the high-water mark
+        self.reading = True  # not paused by us
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -65,14 +80,31 @@ class _Side(asyncio.Protocol):
             driver.link_lost(self.link)
 
     def pause_writing(self) -> None:
-        self.driver.pause_others(self, True)
+        self.full = True
+        self.driver.full_changed(self)
 
     def resume_writing(self) -> None:
-        self.driver.pause_others(self, False)
+        self.full = False
+        self.driver.full_changed(self)
+
+    def set_reading(self, reading: bool, session: Session | None = None) -> None:
+        """Pause or resume reading this socket (if it changes and is still open);
+        ``session``: the session whose server link it is, told of the change."""
+        transport = self.transport
+        if reading is self.reading or transport is None or transport.is_closing():
+            return
+        self.reading = reading
+        if reading:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+        if session is not None:
+            session.upstream_held(not reading)
 
 
 class _Driver(SessionDriver):
-    __slots__ = ("client", "done", "links", "loop", "pending", "server", "timers")
+    __slots__ = ("accepting", "client", "done", "held_link", "held_link_id", "links", "loop",
+                 "pending", "server", "timers")
 
     def __init__(self, server: AsyncioProxy, session: Session | Pool,
                  client: _Side | None) -> None:
@@ -83,6 +115,12 @@ class _Driver(SessionDriver):
         self.links: dict[int, _Side] = {}
         self.pending: dict[int, asyncio.Task[None]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
+        #: The session takes more client requests (see Session.accepts_client_data).
+        self.accepting = True
+        #: The pool's socket this session stopped reading (its client's buffer is
+        #: full), and the link number it last held.
+        self.held_link: _Side | None = None
+        self.held_link_id: int | None = None
         # Made only when shutdown() waits for the session (see finished()).
         self.done: asyncio.Future[None] | None = None
 
@@ -138,6 +176,7 @@ class _Driver(SessionDriver):
             side.transport.close()
 
     def close_client(self) -> None:
+        self.release_link()
         for name in list(self.timers):
             self.cancel_timer(name)
         for link in list(self.links) + list(self.pending):
@@ -184,17 +223,68 @@ class _Driver(SessionDriver):
             self.links.pop(link)
             self.perform(self.session.upstream_data(b"", link))
 
-    def pause_others(self, side: _Side, pause: bool) -> None:
-        if self.client is None:
-            return  # the pool: its links belong to different clients
-        others = [self.client, *self.links.values()]
-        for other in others:
-            if other is side or other.transport is None or other.transport.is_closing():
-                continue
-            if pause:
-                other.transport.pause_reading()
-            else:
-                other.transport.resume_reading()
+    def perform(self, actions: Iterable[Action]) -> None:
+        super().perform(actions)
+        if self.client is not None:
+            session = self.session
+            accepting: bool = session.accepts_client_data
+            link = session.pooled_link if self.server.proxy.pool is not None else None
+            if accepting is not self.accepting or link != self.held_link_id:
+                self.accepting = accepting
+                self.held_link_id = link
+                self.update_reading()
+
+    def full_changed(self, side: _Side) -> None:
+        """A socket's write buffer filled or drained: decide again what to read
+        (for a pooled link, the session holding it decides)."""
+        if self.client is not None:
+            self.update_reading()
+            return
+        session = self.proxy.session_on_link(side.link) if side.link is not None else None
+        driver = session.driver if session is not None else None
+        if isinstance(driver, _Driver):
+            driver.update_reading()
+
+    def _pooled_side(self) -> _Side | None:
+        """The pool's socket of the server connection this session holds now."""
+        link = self.session.pooled_link if self.server.proxy.pool is not None else None
+        pool_driver = self.server._pool_driver
+        if link is None or pool_driver is None:
+            return None
+        return pool_driver.links.get(link)
+
+    def update_reading(self) -> None:
+        """Read each socket unless another one's write buffer is full; the client
+        also not while its own is (as PostgreSQL reads no more while its answers
+        wait) nor while it has the most requests in flight the session takes
+        (``max_pipeline``). A pooled session treats the pool's socket of the
+        server connection it holds as one of its own."""
+        client = self.client
+        if client is None:
+            return  # the pool: each link's session decides (see full_changed)
+        pooled = self._pooled_side()
+        sides = [client, *self.links.values()]
+        full = [side for side in sides if side.full]
+        session = self.session
+        for side in sides:
+            reading = not any(other is not side for other in full)
+            if side is client:
+                reading = reading and not side.full and self.accepting and not (
+                    pooled is not None and pooled.full)
+            side.set_reading(reading, session if side.link == MAIN_LINK else None)
+        held = self.held_link
+        if held is not None and held is not pooled:
+            held.set_reading(True)  # handed back: the pool reads it as it likes
+        if pooled is not None:
+            pooled.set_reading(not client.full, session)
+        self.held_link = pooled if pooled is not None and not pooled.reading else None
+
+    def release_link(self) -> None:
+        """The session ends: a pooled link it stopped reading is read again."""
+        held = self.held_link
+        if held is not None:
+            self.held_link = None
+            held.set_reading(True)
 
 
 class AsyncioProxy:
@@ -327,6 +417,8 @@ class _Accepted(_Side):
         self.server = server
         self.link = None
         self.transport = None
+        self.full = False
+        self.reading = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)

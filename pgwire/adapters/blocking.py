@@ -6,7 +6,10 @@ sockets, so one slow peer never stalls the others), runs its timers as
 deadlines of that wait, and hands middleware jobs to a thread pool. While one
 socket has more than :data:`WRITE_LIMIT` bytes queued, the session's other
 sockets are not read, so a slow client cannot make the proxy hold a fast
-server's whole result.
+server's whole result; the client is not read either while its own queue is
+that full (it does not read its answers) or while it has ``max_pipeline``
+requests in flight. A pooled session counts the pool's socket of the server
+connection it holds as one of its own.
 
 The sans-IO :class:`~pgwire.proxy.Proxy` state (sessions, cancel keys,
 counters) is shared by every session, so one lock lets one thread at a time
@@ -37,7 +40,16 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from ..middleware.base import JobOutcome
-from ..proxy import Action, Address, Pool, Proxy, ProxyConfig, Session, format_address
+from ..proxy import (
+    MAIN_LINK,
+    Action,
+    Address,
+    Pool,
+    Proxy,
+    ProxyConfig,
+    Session,
+    format_address,
+)
 from ._base import SessionDriver, run_job
 from ._sockets import LINGER as _LINGER
 from ._sockets import READ_SIZE as _READ_SIZE
@@ -93,6 +105,10 @@ class _Timer:
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
+
+
+def _nothing() -> None:
+    """A call posted only to wake a driver's thread (it looks at its sockets again)."""
 
 
 class _Driver(SessionDriver):
@@ -268,14 +284,18 @@ class _Driver(SessionDriver):
     def _watch(self) -> None:
         """Register each socket for what it needs: reading unless held back, writing
         while it has a queue."""
+        client = self.client
         for side in self.sides:
             mask = 0
-            if not side.eof and (self.client is None or not any(
+            if not side.eof and (self._link_readable(side) if client is None else (not any(
                 other is not side and len(other.out) > WRITE_LIMIT for other in self.sides
-            )):
+            ) and (side is not client or self._client_readable()))):
                 mask |= selectors.EVENT_READ
             if side.out:
                 mask |= selectors.EVENT_WRITE
+            server_link = side.link == MAIN_LINK if client is not None else True
+            if server_link and (mask ^ side.mask) & selectors.EVENT_READ and not side.eof:
+                self._hold_upstream(side, not mask & selectors.EVENT_READ)
             if mask != side.mask:
                 if side.mask == 0:
                     self.selector.register(side.sock, mask, side)
@@ -284,6 +304,54 @@ class _Driver(SessionDriver):
                 else:
                     self.selector.modify(side.sock, mask, side)
                 side.mask = mask
+
+    def _client_readable(self) -> bool:
+        """Whether to read the client: not while what it was sent is not read (as
+        PostgreSQL, which reads no more while its answers wait), nor while it
+        has the most requests in flight the session takes (``max_pipeline``)."""
+        client = self.client
+        assert client is not None
+        if len(client.out) > WRITE_LIMIT or not self.session.accepts_client_data:
+            return False
+        link = self.session.pooled_link
+        pool_driver = self.server._pool_driver
+        if link is None or pool_driver is None:
+            return True
+        side = pool_driver.links.get(link)  # the pool's thread owns it: only a peek
+        return side is None or len(side.out) <= WRITE_LIMIT
+
+    def _hold_upstream(self, side: _Side, held: bool) -> None:
+        """The server link ``side`` (a session's own, or a pooled one) is read no
+        more, or again: tell its session (see Session.upstream_held)."""
+        if side.mask == 0 and not held:
+            return  # registered for the first time: it was never held
+        if self.client is not None:
+            session: Any = self.session
+        else:
+            session = self.proxy.session_on_link(side.link) if side.link is not None else None
+        if session is not None:
+            with self.server.lock:
+                session.upstream_held(held)
+
+    def _link_readable(self, side: _Side) -> bool:
+        """The pool's driver: whether to read a pooled link, not while the client of
+        the session that holds it has a full queue (it does not read its answers)."""
+        session = self.proxy.session_on_link(side.link) if side.link is not None else None
+        driver = session.driver if session is not None else None
+        if not isinstance(driver, _Driver) or driver.client is None:
+            return True
+        return len(driver.client.out) <= WRITE_LIMIT  # its thread owns it: only a peek
+
+    def _drained(self, side: _Side) -> None:
+        """``side``'s queue fell to the limit: the driver on the other end of a
+        pooled connection may read again, so wake it to look."""
+        if self.client is None:
+            session = self.proxy.session_on_link(side.link) if side.link is not None else None
+            driver = session.driver if session is not None else None
+        else:
+            driver = self.server._pool_driver if side is self.client else None
+        if isinstance(driver, _Driver) and driver is not self:
+            driver.post(_nothing)
 
     def _wait_time(self) -> float | None:
         deadlines = [timer.deadline for timer in self.timers.values()]
@@ -338,7 +406,10 @@ class _Driver(SessionDriver):
             except OSError:
                 self._lost(side)
                 return
+            full = len(side.out) > WRITE_LIMIT
             del side.out[:sent]
+            if full and len(side.out) <= WRITE_LIMIT and self.proxy.pool is not None:
+                self._drained(side)
         if side.closing and not side.out:
             self._close_side(side)
 

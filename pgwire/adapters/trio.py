@@ -5,7 +5,10 @@ and one writes, plus a task per running timer, pending connect and job. The
 session's actions come synchronously, so writes are queued per socket and its
 writer task sends them; while one socket has more than :data:`WRITE_LIMIT`
 bytes queued, the session's other sockets are not read, so a slow client
-cannot make the proxy hold a fast server's whole result.
+cannot make the proxy hold a fast server's whole result; the client is not
+read either while its own queue is that full (it does not read its answers) or
+while it has ``max_pipeline`` requests in flight. A pooled session counts the
+pool's socket of the server connection it holds as one of its own.
 
 Usage::
 
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from ..middleware.base import JobOutcome
-from ..proxy import Address, Pool, Proxy, ProxyConfig, Session, format_address
+from ..proxy import MAIN_LINK, Address, Pool, Proxy, ProxyConfig, Session, format_address
 from ._base import SessionDriver, run_job
 from ._sockets import LINGER as _LINGER
 from ._sockets import READ_SIZE as _READ_SIZE
@@ -181,6 +184,13 @@ class _Driver(SessionDriver):
             run_job, job, abandon_on_cancel=True, limiter=self.server.limiter)
         self.perform(self.session.job_done(job_id, outcome))
 
+    def deliver(self, target: Any) -> None:
+        """Actions made for ``target`` elsewhere (a pooled link's answers): perform
+        them, then let a held-back client reader look again."""
+        super().deliver(target)
+        if self.flow:
+            self.flow.unpark_all()
+
     # -- the sockets -------------------------------------------------------------------
 
     def start_side(self, side: _Side) -> None:
@@ -212,7 +222,7 @@ class _Driver(SessionDriver):
                     self._lost(side)
                     return
                 side.queued -= len(data)
-                self.flow.unpark_all()
+                self._drained(side)
             elif side.closing:
                 return
             else:
@@ -220,8 +230,14 @@ class _Driver(SessionDriver):
 
     async def _read(self, side: _Side) -> None:
         while True:
-            while self._held_back(side):
-                await self.flow.park()
+            if self._held_back(side):
+                held = self._session_of_link(side)
+                if held is not None:
+                    held.upstream_held(True)
+                while self._held_back(side):
+                    await self.flow.park()
+                if held is not None:
+                    held.upstream_held(False)
             try:
                 data = await side.stream.receive_some(_READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -236,6 +252,8 @@ class _Driver(SessionDriver):
             elif self.links.get(side.link) is side:
                 if data:
                     self.perform(self.session.upstream_data(data, side.link))
+                    if self.flow:  # answers came back: a held-back client may go on
+                        self.flow.unpark_all()
                 else:
                     self._link_gone(side)
                     return
@@ -243,11 +261,59 @@ class _Driver(SessionDriver):
                 return  # the session closed this link: stop reading it
 
     def _held_back(self, reader: _Side) -> bool:
-        """Whether another socket of the session has too much queued to read more."""
-        if self.client is None:
-            return False  # the pool: its links belong to different clients
+        """Whether another socket of the session has too much queued to read more;
+        the client is not read either while its own queue is full (as
+        PostgreSQL reads no more while its answers wait) or while it has the
+        most requests in flight the session takes (``max_pipeline``)."""
+        client = self.client
+        if client is None:
+            # The pool: its links belong to different clients; a link is not read
+            # while the client of the session holding it has a full queue.
+            other = self._other_end(reader)
+            return other is not None and other.queued > WRITE_LIMIT
+        if reader is client and (client.queued > WRITE_LIMIT
+                                 or not self.session.accepts_client_data):
+            return True
+        if reader is client and self.proxy.pool is not None:
+            link = self._other_end(client)  # its pooled server connection
+            if link is not None and link.queued > WRITE_LIMIT:
+                return True
         return any(side is not reader and not side.broken and side.queued > WRITE_LIMIT
                    for side in self.sides)
+
+    def _session_of_link(self, side: _Side) -> Session | None:
+        """The session whose server link ``side`` is (None for other sockets)."""
+        if self.client is None:
+            return self.proxy.session_on_link(side.link) if side.link is not None else None
+        session = self.session
+        return session if side.link == MAIN_LINK and isinstance(session, Session) else None
+
+    def _other_end(self, side: _Side) -> _Side | None:
+        """Across a pooled connection: a session's client, or the pool's link the
+        session holds now (the socket the other driver owns)."""
+        if self.client is None:
+            session = self.proxy.session_on_link(side.link) if side.link is not None else None
+            driver = session.driver if session is not None else None
+            return driver.client if isinstance(driver, _Driver) else None
+        pool_driver = self.server._pool_driver
+        link = self.session.pooled_link if side is self.client else None
+        if pool_driver is None or link is None:
+            return None
+        return pool_driver.links.get(link)
+
+    def _drained(self, side: _Side) -> None:
+        """``side``'s queue was written: readers of this driver, and of the driver
+        on the other end of a pooled connection, may go on."""
+        self.flow.unpark_all()
+        if self.proxy.pool is None:
+            return
+        if self.client is None:
+            session = self.proxy.session_on_link(side.link) if side.link is not None else None
+            driver = session.driver if session is not None else None
+        else:
+            driver = self.server._pool_driver if side is self.client else None
+        if isinstance(driver, _Driver) and driver is not self:
+            driver.flow.unpark_all()
 
     def _lost(self, side: _Side) -> None:
         """The socket failed (reset, broken pipe): drop it and tell the session."""
@@ -294,6 +360,8 @@ class TrioProxy:
         self._hurried = False
         self._pool_stop = trio.Event()
         self._pool_done = trio.Event()
+        #: The pool's driver, while it runs (sessions apply back-pressure across it).
+        self._pool_driver: _Driver | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None  # for snapshot()
 
     @property
@@ -369,6 +437,7 @@ class TrioProxy:
         try:
             async with trio.open_nursery() as nursery:
                 driver = _Driver(self, pool, None, nursery)
+                self._pool_driver = driver
                 driver.perform(pool.start())
                 task_status.started()
                 await self._pool_stop.wait()
@@ -378,6 +447,7 @@ class TrioProxy:
                     await driver.linger()
                 nursery.cancel_scope.cancel()
         finally:
+            self._pool_driver = None
             pool.closed()
             self._pool_done.set()
 

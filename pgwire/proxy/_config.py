@@ -6,6 +6,7 @@ them from TOML for the command line. Nothing here performs I/O.
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any, Final
 from ..auth import ScramKeys
 from ..middleware.base import Middleware
 from ..protocol import DEFAULT_MAX_MESSAGE_SIZE
+from ..protocol._codec import MAX_PROTOCOL_MESSAGE_LENGTH
 from ..server import AuthMethod
 from ..tls import SSLMODES, SSLMode
 from ._actions import Address
@@ -22,6 +24,7 @@ from ._pool_config import PoolConfig
 
 __all__ = [
     "DEFAULT_AUTH_QUERY",
+    "DEFAULT_MAX_PIPELINE",
     "AuthQuery",
     "Passthrough",
     "ProxyAuth",
@@ -111,9 +114,15 @@ class UpstreamTLS:
                              f"not {self.sslmode!r}")
 
 
+#: Requests one client may have waiting for an answer before the proxy stops
+#: reading it (see ``ProxyConfig.max_pipeline``).
+DEFAULT_MAX_PIPELINE: Final = 10_000
+
+
 def _positive(name: str, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, "
+                         f"not {value!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,8 +151,26 @@ class ProxyConfig:
     idle_timeout: float | None = None
     #: Close a client idle inside a transaction this long (25P03), if set.
     idle_in_transaction_timeout: float | None = None
+    #: While the proxy owes the client an answer (a Query, Sync or FunctionCall
+    #: went upstream and its ReadyForQuery has not come back, outside COPY FROM
+    #: STDIN), the longest it waits for the server's next bytes; then FATAL 08006
+    #: and the server link is closed. Time the proxy itself does not read the
+    #: server (back-pressure from a client that does not read) does not count.
+    #: None (the default): wait as long as the statement runs, since long
+    #: statements are legal (use statement_timeout).
+    upstream_read_timeout: float | None = None
+    #: Logins at once (cancel connections excluded); the next gets FATAL 53300.
     max_clients: int = 1000
+    #: The largest message body either side may send; a larger one ends the
+    #: session with FATAL 54000. None: the protocol's own cap (just under 1 GiB).
     max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE
+    #: Requests one client may have awaiting an answer (Query, Sync and
+    #: FunctionCall sent upstream, and answers a middleware holds back until
+    #: the server's earlier ones come): at this many the proxy stops reading the
+    #: client until answers come back, as PostgreSQL stops reading a client
+    #: while it works. Bounds what a client that pipelines without reading
+    #: makes the proxy hold; nothing is refused.
+    max_pipeline: int = DEFAULT_MAX_PIPELINE
     #: Jobs one session may have waiting in the worker pool (Context.submit).
     max_pending_jobs: int = 64
     #: This proxy's id in cancel keys (0..127), and where the others take cancels.
@@ -161,12 +188,20 @@ class ProxyConfig:
 
     def __post_init__(self) -> None:
         for name in ("login_timeout", "connect_timeout", "idle_timeout",
-                     "idle_in_transaction_timeout"):
+                     "idle_in_transaction_timeout", "upstream_read_timeout"):
             _positive(name, getattr(self, name))
-        if self.shutdown_timeout < 0:
-            raise ValueError(f"shutdown_timeout must be >= 0, not {self.shutdown_timeout!r}")
+        if not (self.shutdown_timeout >= 0 and math.isfinite(self.shutdown_timeout)):
+            raise ValueError(f"shutdown_timeout must be a finite number of seconds >= 0, "
+                             f"not {self.shutdown_timeout!r}")
         if self.max_clients < 1:
             raise ValueError(f"max_clients must be at least 1, not {self.max_clients!r}")
+        if self.max_message_size is not None and not (
+            1 <= self.max_message_size <= MAX_PROTOCOL_MESSAGE_LENGTH - 4
+        ):
+            raise ValueError(f"max_message_size must be 1..{MAX_PROTOCOL_MESSAGE_LENGTH - 4} "
+                             f"bytes or None, not {self.max_message_size!r}")
+        if self.max_pipeline < 1:
+            raise ValueError(f"max_pipeline must be at least 1, not {self.max_pipeline!r}")
         if self.max_pending_jobs < 1:
             raise ValueError(f"max_pending_jobs must be at least 1, not "
                              f"{self.max_pending_jobs!r}")

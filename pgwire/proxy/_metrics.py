@@ -60,6 +60,8 @@ _HELP: Final[Mapping[str, str]] = {
     "logins": "Client logins that succeeded.",
     "login_failures": "Client logins that failed.",
     "login_timeouts": "Client logins that ran out of time.",
+    "upstream_read_timeouts": "Sessions ended because the server sent nothing for "
+                              "upstream_read_timeout while it owed an answer.",
     "refused_max_clients": "Clients refused because max_clients was reached.",
     "cancel_requests": "CancelRequests received.",
     "upstream_connect_failures": "Connections to the upstream server that failed.",

@@ -32,6 +32,7 @@ class ProxyStats:
     logins: int = 0
     login_failures: int = 0
     login_timeouts: int = 0
+    upstream_read_timeouts: int = 0
     refused_max_clients: int = 0
     cancel_requests: int = 0
     upstream_connect_failures: int = 0
@@ -58,11 +59,14 @@ class Proxy:
 
     __slots__ = ("_client_frames", "_closed", "_ids", "_mock_key", "_pool_decode",
                  "_pool_middleware", "_server_frames", "_sessions", "_woken", "cancel_keys",
-                 "config", "pool", "shutting_down", "stats")
+                 "clock", "config", "pool", "shutting_down", "stats")
 
     def __init__(self, config: ProxyConfig, *, clock: Callable[[], float] = time.monotonic
                  ) -> None:
         self.config = config
+        #: Seconds, for the timeouts sessions measure themselves (the upstream
+        #: read timeout); the adapters' timers only say when to look.
+        self.clock = clock
         self.cancel_keys = CancelKeys(config.instance_id, config.peers)
         self.stats = ProxyStats()
         self.shutting_down = False
@@ -122,6 +126,15 @@ class Proxy:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def session_on_link(self, link: int) -> Session | None:
+        """The session holding the pool's server connection on ``link``, if any
+        (adapters apply back-pressure across the two)."""
+        pool = self.pool
+        if pool is None:
+            return None
+        server = pool._by_link.get(link)
+        return server.session if server is not None else None
 
     def logins_in_use(self) -> int:
         """Sessions counted against ``max_clients`` (cancel connections excluded)."""

@@ -54,6 +54,8 @@ _SERVER_TYPES: Final = frozenset(b"123ACDEGHINSTVWZnstdc")
 #: simple Query or a FunctionCall.
 _EXTENDED_ANSWERS: Final = frozenset(b"123nst")
 _SIMPLE_REQUESTS: Final = frozenset(b"QF")
+#: CopyDone and CopyFail: the client ends a COPY FROM STDIN.
+_COPY_ENDS: Final = frozenset(b"cf")
 _EMPTY: Final = b""
 _TYPE_CODES: Final = tuple(bytes([code]) for code in range(256))
 #: Frames up to this size (header included) are worth remembering decoded...
@@ -70,7 +72,7 @@ class Relay:
     """
 
     __slots__ = ("_client_rest", "_server_rest", "client_closed", "client_error",
-                 "client_status", "client_stop", "fatal",
+                 "client_status", "client_stop", "copy_in", "fatal",
                  "limit", "parameters", "pending", "ready_seen", "server_stop", "status",
                  "terminated", "unsynced")
 
@@ -104,6 +106,9 @@ class Relay:
         #: A client protocol error found behind frames that must go on first
         #: (see :meth:`client_run`): raise it once they have.
         self.client_error: RemoteProtocolError | None = None
+        #: The server asked for COPY data (CopyInResponse) and the client has not
+        #: ended it yet: the server waits for the client, not the other way round.
+        self.copy_in = False
 
     def _too_big(self, code: int, length: int, who: str) -> RemoteProtocolError:
         if length < 4:
@@ -142,6 +147,8 @@ class Relay:
                 return data[:pos]
             elif code in b"PBEDC":
                 self.unsynced = True
+            elif code in _COPY_ENDS:
+                self.copy_in = False
         self._client_rest = data[pos:] if pos < size else _EMPTY
         return data if pos == size else data[:pos]
 
@@ -167,10 +174,13 @@ class Relay:
                 if length == 5:
                     self.status = chr(data[pos + 5])
                 self.ready_seen += 1
+                self.copy_in = False
             elif code == 0x45:  # E
+                self.copy_in = False
                 if _is_fatal(data, pos + 5, end):
                     self.fatal = True
             elif code == 0x47:  # G: the server ignores a Sync read during COPY FROM
+                self.copy_in = True
                 if pending and pending[0] == _SYNC:
                     pending.popleft()
                     self.unsynced = True
@@ -234,6 +244,8 @@ class Relay:
                 self.unsynced = False
             elif code in b"PBEDC":
                 self.unsynced = True
+            elif code in _COPY_ENDS:
+                self.copy_in = False
         return pos, pos
 
     def _order_error(self, code: int) -> RemoteProtocolError | None:
@@ -263,6 +275,8 @@ class Relay:
             self.unsynced = False
         elif code in b"PBEDC":
             self.unsynced = True
+        elif code in _COPY_ENDS:
+            self.copy_in = False
 
     def take_server(self, data: bytes) -> bytes:
         """``data`` behind the incomplete frame the last walk left."""
@@ -316,16 +330,20 @@ class Relay:
         """Track a stop frame from the server, ``data[start:end]`` (its body
         from ``start + 5``), before anybody reads it."""
         if code == 0x5A:  # Z
+            self.copy_in = False
             if self.pending:
                 self.pending.popleft()
             if end - start == 6:
                 self.status = chr(data[start + 5])
         elif code == 0x45:  # E
+            self.copy_in = False
             if _is_fatal(data, start + 5, end):
                 self.fatal = True
-        elif code == 0x47 and self.pending and self.pending[0] == _SYNC:  # G
-            self.pending.popleft()
-            self.unsynced = True
+        elif code == 0x47:  # G
+            self.copy_in = True
+            if self.pending and self.pending[0] == _SYNC:
+                self.pending.popleft()
+                self.unsynced = True
 
     @property
     def idle(self) -> bool:

@@ -114,6 +114,7 @@ _NOT_FORWARDED: Final = ("user", "database")
 LOGIN_TIMER: Final = "login"
 IDLE_TIMER: Final = "idle"
 CHECKOUT_TIMER: Final = "checkout"
+UPSTREAM_READ_TIMER: Final = "upstream read"
 # Messages a Reject can answer with an error in place (they get one response).
 _REJECTABLE: Final = (Query, Parse, Bind, Describe, Execute, Close, FunctionCall)
 # Selective forwarding: what the session reads whatever middleware asks for.
@@ -210,6 +211,9 @@ class Session:
         "_pool_pins",
         "_proxy",
         "_query_backlog",
+        "_read_armed",
+        "_read_held",
+        "_read_seen",
         "_reject_count",
         "_reject_token",
         "_rejects",
@@ -281,6 +285,11 @@ class Session:
         self._upstream_failed = False
         self._draining = False
         self._idle_armed = False
+        # The upstream read timeout: whether its timer runs, and when the server
+        # last sent bytes (or the timer started), by the proxy's clock.
+        self._read_armed = False
+        self._read_held = False
+        self._read_seen = 0.0
         # Ordering of answers the proxy makes itself with those of the server:
         # _z_seen counts the server's ReadyForQuery; _deferred holds answers to
         # send once it reaches a mark; _hidden marks whose whole answer is eaten.
@@ -344,6 +353,42 @@ class Session:
     def is_closed(self) -> bool:
         """True once the session returned CloseClient."""
         return self.state == SessionState.CLOSED
+
+    @property
+    def accepts_client_data(self) -> bool:
+        """False while the client has ``max_pipeline`` requests awaiting an answer:
+        the adapter stops reading it until answers come back (then this turns
+        True again after an upstream read), so a client that pipelines without
+        reading cannot make the proxy hold more and more."""
+        relay = self._relay
+        if relay is not None:
+            owed = len(relay.pending)
+        elif self.upstream is not None:
+            owed = self.upstream.frontend.pending_syncs
+        else:
+            return True
+        return owed + len(self._deferred) < self._proxy.config.max_pipeline
+
+    @property
+    def pooled_link(self) -> int | None:
+        """The pool's link number of the server connection this session holds now
+        (None: not pooled, or between transactions). Adapters use it to apply
+        back-pressure across the session's client and that pooled link."""
+        server = self._server
+        return server.id if server is not None else None
+
+    def _awaiting_server(self) -> bool:
+        """The server owes an answer and has what it needs to give it: a request
+        went upstream and its ReadyForQuery has not come back, and no COPY FROM
+        STDIN waits for the client."""
+        upstream = self.upstream
+        if upstream is None or self.state is not SessionState.READY:
+            return False
+        relay = self._relay
+        if relay is not None:
+            return bool(relay.pending) and not relay.copy_in
+        frontend = upstream.frontend
+        return bool(frontend.pending_syncs) and frontend.phase is not Phase.COPY_IN
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -438,6 +483,8 @@ class Session:
         """Bytes read from upstream link ``link`` (``b""``: it closed)."""
         if self.is_closed:
             return []
+        if self._read_armed and link == MAIN_LINK:
+            self._read_seen = self._proxy.clock()
         try:
             if link == MAIN_LINK:
                 self._main_link_data(data)
@@ -500,6 +547,9 @@ class Session:
             self._checkout_armed = False
             self._checkout_timed_out()
             return self._take()
+        if name == UPSTREAM_READ_TIMER:
+            self._read_timer_fired()
+            return self._take()
         if name == LOGIN_TIMER and self.state is not SessionState.READY:
             self._proxy.stats.login_timeouts += 1
             self._fatal("08006", "terminating connection: the login did not finish within "
@@ -517,6 +567,41 @@ class Session:
                 self._fatal("25P03",
                             "terminating connection due to idle-in-transaction timeout")
         return self._take()
+
+    def upstream_held(self, held: bool) -> None:
+        """The adapter stopped (``True``) or went back to (``False``) reading this
+        session's server link, because a socket on the client's side is full:
+        the server's silence meanwhile is not the server's doing, so the
+        upstream read timeout does not count it."""
+        self._read_held = held
+        if not held and self._read_armed:
+            self._read_seen = self._proxy.clock()
+
+    def _read_timer_fired(self) -> None:
+        """The upstream read timer ran out: if the server still owes an answer and
+        sent nothing for the whole timeout, end the session (the timer only says
+        when to look; bytes that came meanwhile start the wait again)."""
+        self._read_armed = False
+        seconds = self._proxy.config.upstream_read_timeout
+        if seconds is None or not self._awaiting_server():
+            return  # nothing owed now: the next request starts the timer again
+        silent = 0.0 if self._read_held else self._proxy.clock() - self._read_seen
+        if silent < seconds:
+            self._read_armed = True
+            self._out.append(StartTimer(UPSTREAM_READ_TIMER, seconds - silent))
+            return
+        self._proxy.stats.upstream_read_timeouts += 1
+        self._upstream_failed = True  # a pooled connection is not reused
+        self._fatal("08006", f"terminating connection: the upstream server sent nothing for "
+                    f"{seconds:g} s while a request was in flight "
+                    "(limits.upstream_read_timeout)")
+
+    def _arm_read_timer(self, seconds: float) -> None:
+        """A request went upstream and the read timer does not run: start it."""
+        if self._awaiting_server():
+            self._read_armed = True
+            self._read_seen = self._proxy.clock()
+            self._out.append(StartTimer(UPSTREAM_READ_TIMER, seconds))
 
     def job_done(self, job_id: int, outcome: JobOutcome) -> list[Action]:
         """A :class:`RunJob` finished; ``outcome`` holds its value or exception."""
@@ -1677,6 +1762,7 @@ class Session:
             self._out.append(CancelTimer(CHECKOUT_TIMER))
         self._server = server
         self.upstream = server.conn
+        self._read_held = False  # a connection of its own now
         self._attachments += 1
         relay = self._relay
         if relay is not None:
@@ -1867,6 +1953,10 @@ class Session:
                 self._out.append(SendToUpstream(data, number))
 
     def _take(self) -> list[Action]:
+        if not self._read_armed:
+            seconds = self._proxy.config.upstream_read_timeout
+            if seconds is not None:
+                self._arm_read_timer(seconds)
         if self.state != SessionState.CLOSED:
             channel = self.client._channel
             if channel._outgoing or channel.tls is not None:
@@ -1901,7 +1991,15 @@ class Session:
     def _upstream_broke(self, exc: ProtocolError) -> None:
         self._proxy.stats.upstream_errors += 1
         self._upstream_failed = True
-        if self.state is not SessionState.READY and isinstance(exc, RemoteProtocolError) and (
+        if isinstance(exc, TLSError):
+            # The server broke no protocol: the proxy could not set up (or keep) TLS with
+            # it, as libpq fails a connection whose certificate does not verify.
+            if self.state is SessionState.READY:
+                self._fatal("08006", f"TLS with the upstream server failed: {exc.message}")
+            else:
+                self._fatal("08001", f"could not establish TLS with the upstream server: "
+                                     f"{exc.message}")
+        elif self.state is not SessionState.READY and isinstance(exc, RemoteProtocolError) and (
             exc.sqlstate not in (None, "08P01")
         ):
             # LoginRefused, SCRAM failures: the proxy's own login upstream.
@@ -1971,6 +2069,9 @@ class Session:
         self._out.append(CancelTimer(LOGIN_TIMER))
         if self._idle_armed:
             self._out.append(CancelTimer(IDLE_TIMER))
+        if self._read_armed:
+            self._read_armed = False
+            self._out.append(CancelTimer(UPSTREAM_READ_TIMER))
         self.state = SessionState.CLOSED
         self.close_reason = reason
         self._out.append(CloseClient(reason))

@@ -22,6 +22,7 @@ import difflib
 import importlib
 import inspect
 import json
+import math
 import os
 import ssl
 import tomllib
@@ -35,11 +36,20 @@ from ..auth import UserlistError, is_md5_secret, load_userlist, password_type
 from ..auth.stored import ScramSecret
 from ..middleware.base import Middleware
 from ..protocol import DEFAULT_MAX_MESSAGE_SIZE
+from ..protocol._codec import MAX_PROTOCOL_MESSAGE_LENGTH
 from ..server import AuthMethod
 from ..tls import SSLMODES, SSLMode, client_context, load_certificate_der, server_context
 from ._actions import Address, format_address
 from ._cancel import MAX_INSTANCE_ID
-from ._config import DEFAULT_AUTH_QUERY, AuthQuery, Passthrough, ProxyAuth, ProxyConfig, UpstreamTLS
+from ._config import (
+    DEFAULT_AUTH_QUERY,
+    DEFAULT_MAX_PIPELINE,
+    AuthQuery,
+    Passthrough,
+    ProxyAuth,
+    ProxyConfig,
+    UpstreamTLS,
+)
 from ._pool_config import DEFAULT_SESSION_STATE, SESSION_STATE_KINDS, PoolConfig, StatePolicy
 
 __all__ = [
@@ -86,9 +96,9 @@ KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "auth.query": ("user", "password", "password_env", "database", "query"),
     "client_tls": ("cert", "key", "ca", "require"),
     "upstream_tls": ("sslmode", "rootcert", "cert", "key", "server_hostname"),
-    "limits": ("max_clients", "max_message_size", "max_pending_jobs", "login_timeout",
-               "connect_timeout", "idle_timeout", "idle_in_transaction_timeout",
-               "shutdown_timeout"),
+    "limits": ("max_clients", "max_message_size", "max_pending_jobs", "max_pipeline",
+               "login_timeout", "connect_timeout", "idle_timeout",
+               "idle_in_transaction_timeout", "upstream_read_timeout", "shutdown_timeout"),
     "cancel": ("instance_id", "peers"),
     "pool": ("mode", "max_size", "min_idle", "checkout_timeout", "health_check_after",
              "server_idle_timeout", "server_lifetime", "reset", "maintenance_interval",
@@ -234,7 +244,9 @@ def _show(value: object) -> str:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float (TOML also has inf and nan: never a sane setting)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and (
+        math.isfinite(value))
 
 
 class _Table:
@@ -421,10 +433,13 @@ class _Reader:
         connect_timeout = limits.seconds("connect_timeout", 10.0)
         idle_timeout = limits.optional_seconds("idle_timeout")
         idle_in_transaction_timeout = limits.optional_seconds("idle_in_transaction_timeout")
+        upstream_read_timeout = limits.optional_seconds("upstream_read_timeout")
         shutdown_timeout = self._shutdown_timeout(limits)
         max_clients = limits.integer("max_clients", 1000, 1)
-        max_message_size = limits.integer("max_message_size", DEFAULT_MAX_MESSAGE_SIZE or 0, 1)
+        max_message_size = limits.integer("max_message_size", DEFAULT_MAX_MESSAGE_SIZE or 0, 1,
+                                          MAX_PROTOCOL_MESSAGE_LENGTH - 4)
         max_pending_jobs = limits.integer("max_pending_jobs", 64, 1)
+        max_pipeline = limits.integer("max_pipeline", DEFAULT_MAX_PIPELINE, 1)
         try:
             config = ProxyConfig(
                 upstream=upstream,
@@ -437,12 +452,14 @@ class _Reader:
                 max_clients=max_clients,
                 max_message_size=max_message_size,
                 max_pending_jobs=max_pending_jobs,
+                max_pipeline=max_pipeline,
                 instance_id=instance_id,
                 peers=peers,
                 login_timeout=login_timeout,
                 connect_timeout=connect_timeout,
                 idle_timeout=idle_timeout,
                 idle_in_transaction_timeout=idle_in_transaction_timeout,
+                upstream_read_timeout=upstream_read_timeout,
                 shutdown_timeout=shutdown_timeout,
                 check_protocol=check_protocol,
                 pool=pool,
