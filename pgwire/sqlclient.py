@@ -198,7 +198,7 @@ class SQLConnection:
                 rows.append(tuple(None if v is None else bytes(v).decode(encoding)
                                   for v in event.values))
             elif isinstance(event, ErrorResponse):
-                if event.severity in ("FATAL", "PANIC"):
+                if event.ends_session:
                     raise ConnectionError(f"{event.code}: {event.message}")
                 error = event
             elif isinstance(event, ReadyForQuery):

@@ -84,7 +84,8 @@ class Inject:
     be whole requests (a Query, or extended-protocol messages ending with
     Sync); they go to the server before the forwarded message and their
     results, errors included, are consumed by the proxy, never shown to the
-    client.
+    client. A FATAL error, a ParameterStatus and a NotificationResponse among
+    them are not results: those reach the client.
     """
 
     to_client: tuple[Message, ...] = ()

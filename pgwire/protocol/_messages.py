@@ -1396,6 +1396,17 @@ class ErrorResponse(_NoticeFields):
 
     type_code: ClassVar[bytes] = b"E"
 
+    @property
+    def ends_session(self) -> bool:
+        """True for a FATAL or PANIC error: the server closes the connection after it.
+
+        Reads the untranslated severity (field 'V', PostgreSQL 9.6+) when the
+        server sent one, since 'S' is in the server's ``lc_messages`` language
+        (``ВАЖНО`` is FATAL in Russian); older servers send only 'S'.
+        """
+        severity = self.severity_nonlocalized or self.severity
+        return severity in ("FATAL", "PANIC")
+
 
 @_message
 class NoticeResponse(_NoticeFields):

@@ -634,7 +634,7 @@ class Pool:
                 error = conn.frontend.decode(event) if isinstance(event, RawMessage) else event
                 assert isinstance(error, ErrorResponse)
                 task.error = f"{error.code}: {error.message}"
-                task.fatal = error.severity in ("FATAL", "PANIC")
+                task.fatal = error.ends_session
             elif code == b"Z":
                 task.queries -= 1
                 if task.queries:

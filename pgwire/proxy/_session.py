@@ -410,6 +410,10 @@ class Session:
             return []
         if self._leaving is not None:
             return self._take()  # it said goodbye: nothing after that counts
+        if data and self._fatal_from_upstream:
+            # Sent before the client could read the server's FATAL (it crossed it on
+            # the wire): nobody will answer it, and the client broke nothing.
+            return self._take()
         if self._relay is not None:
             try:
                 self._relay_client_data(data)
@@ -1321,7 +1325,7 @@ class Session:
                 self._send_client(event)
             return
         if isinstance(event, ErrorResponse):
-            self._fatal_from_upstream = event.severity in ("FATAL", "PANIC")
+            self._fatal_from_upstream = event.ends_session
             self._send_client(event)
             if self._fatal_from_upstream:
                 self._report_auth(False, sqlstate=event.code, message=event.message)
@@ -1506,11 +1510,19 @@ class Session:
             # Counts it, and sends Respond answers that were waiting for it.
             self._after_ready_for_query()
         elif isinstance(event, ErrorResponse):
-            if event.severity in ("FATAL", "PANIC"):
+            if event.ends_session:
                 self._fatal_from_upstream = True
                 self._send_client(event)
             elif collector is not None and collector.error is None:
                 collector.error = event
+        elif isinstance(event, Message | RawMessage) and event.type_code in b"AS":
+            # Not part of the answer: a notification or a setting report the server
+            # sends whenever it likes. They are the client's, as between its own
+            # statements (a LISTENing client would miss one otherwise).
+            if isinstance(event, Message):
+                self._from_server(event, len(self._chain.middleware) - 1)
+            else:
+                self._to_client(event)
         elif collector is not None and isinstance(event, Message | RawMessage) and (
             event.type_code == b"D"
         ):
@@ -1605,7 +1617,7 @@ class Session:
     def _to_client(self, message: Message | RawMessage) -> None:
         code = message.type_code
         if code == b"E" and isinstance(message, ErrorResponse) and (
-            message.severity in ("FATAL", "PANIC")
+            message.ends_session
         ):
             self._fatal_from_upstream = True
         out = self._client_out
@@ -1728,7 +1740,7 @@ class Session:
                 if f"{token}(" in (error.message or ""):
                     del self._rejects[token]
                     return verdict.error()
-        if error.severity in ("FATAL", "PANIC"):
+        if error.ends_session:
             self._fatal_from_upstream = True
         return message
 
@@ -1893,7 +1905,7 @@ class Session:
         pool could not open one."""
         if self.is_closed:
             return
-        if error is not None and error.severity in ("FATAL", "PANIC"):
+        if error is not None and error.ends_session:
             self._send_client(error)
             self._report_auth(False, sqlstate=error.code, message=error.message)
             self._close(f"the server refused the login: {error.message}")

@@ -160,7 +160,7 @@ class RoleTracker:
             self.command_complete(message.tag)
         elif code == b"E":
             if not (isinstance(message, ErrorResponse)
-                    and message.severity in ("FATAL", "PANIC")):
+                    and message.ends_session):
                 self.error()
         elif code == b"Z":
             assert isinstance(message, ReadyForQuery)
