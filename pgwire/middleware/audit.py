@@ -172,7 +172,7 @@ class Audit(Middleware[AuditSession]):
     """
 
     client_messages = frozenset({b"Q", b"P", b"B", b"E", b"C", b"S", b"F"})
-    server_messages = frozenset({b"C", b"E", b"Z", b"I", b"s"})
+    server_messages = frozenset({b"C", b"E", b"Z", b"I", b"s", b"G"})
 
     def __init__(self, sink: Sink | Mapping[str, Any] | str, *, queue_size: int = 10_000,
                  when_full: WhenFull = "block",
@@ -460,6 +460,12 @@ class Audit(Middleware[AuditSession]):
         elif code == b"s" and front is not None and front.kind == "execute":
             pending.popleft()
             self._complete(ctx, front, "suspended")
+        elif code == b"G" and front is not None and front.kind == "execute" and (
+            len(pending) > 1 and pending[1].kind == "sync"
+        ):
+            # COPY FROM STDIN by an Execute: PostgreSQL ignores the Sync sent behind
+            # it (it arrives during the copy); the one after CopyDone ends the batch.
+            del pending[1]
         return None
 
     def _complete(self, ctx: Context[AuditSession], entry: _Pending, status: str) -> None:

@@ -43,7 +43,7 @@ from ..protocol import (
 from ..roles._graph import RoleGraph, RoleGraphSource
 from ..roles._sql import Analysis, RoleAction, analyze_roles, lexing_hazard
 from ..roles._state import RoleDecision
-from ..roles._tracker import LOGIN_SQL, VERIFY_SQL, RoleTracker
+from ..roles._tracker import LOGIN_SQL, SERVER_MESSAGES, VERIFY_SQL, RoleTracker
 from .base import AuthResult, Context, Middleware, QueryResult, Reject, SessionInfo, Verdict
 
 __all__ = ["PRIVILEGED_PREDEFINED_ROLES", "RoleGuard", "start_tracking", "track_server"]
@@ -123,7 +123,7 @@ class RoleGuard(Middleware[GuardState]):
     """
 
     client_messages = frozenset({b"Q", b"P", b"B", b"E", b"C", b"S", b"F"})
-    server_messages = frozenset({b"C", b"E", b"Z", b"I", b"s"})
+    server_messages = SERVER_MESSAGES
 
     def __init__(self, policy: Policy = "deny", *,
                  allow: Mapping[str, Iterable[str]] | None = None,

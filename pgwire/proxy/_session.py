@@ -411,8 +411,10 @@ class Session:
         if self._leaving is not None:
             return self._take()  # it said goodbye: nothing after that counts
         if data and self._fatal_from_upstream:
-            # Sent before the client could read the server's FATAL (it crossed it on
-            # the wire): nobody will answer it, and the client broke nothing.
+            # Sent after the server's FATAL (crossing it on the wire, or a Terminate
+            # once the client read it): nobody will answer it, and the client broke
+            # nothing. The session is over; do not wait for the server's close.
+            self._close("the server ended the session")
             return self._take()
         if self._relay is not None:
             try:

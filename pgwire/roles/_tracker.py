@@ -46,7 +46,7 @@ __all__ = ["CLIENT_MESSAGES", "LOGIN_SQL", "SERVER_MESSAGES", "VERIFY_SQL", "Rol
 
 #: The message types a tracker must be shown, by direction.
 CLIENT_MESSAGES = frozenset({b"Q", b"P", b"B", b"E", b"C", b"S", b"F"})
-SERVER_MESSAGES = frozenset({b"C", b"E", b"Z", b"I", b"s"})
+SERVER_MESSAGES = frozenset({b"C", b"E", b"Z", b"I", b"s", b"G"})
 #: Asked right after login: who the session is, and its default role.
 LOGIN_SQL = "SELECT current_user, session_user, pg_catalog.current_setting('role')"
 #: Asked once the session is idle after a change.
@@ -169,6 +169,8 @@ class RoleTracker:
             self.empty_query()
         elif code == b"s":
             self.portal_suspended()
+        elif code == b"G":
+            self.copy_in()
         return False
 
     # -- facts from the server ---------------------------------------------------------
@@ -264,6 +266,20 @@ class RoleTracker:
             self._pending.popleft()
             if head.statement is not None:
                 self._apply(head.statement, "", head.sql)
+
+    def copy_in(self) -> None:
+        """CopyInResponse: the server is in COPY FROM STDIN mode.
+
+        When an Execute started it, the Sync the client sent behind that
+        Execute reaches the server during the copy, and PostgreSQL ignores a
+        Sync there: its ReadyForQuery comes only for the Sync after CopyDone.
+        Forget that Sync, or every later request would end one answer late.
+        """
+        pending = self._pending
+        if len(pending) > 1 and isinstance(pending[0], _ExecuteEntry) and isinstance(
+            pending[1], _SyncEntry
+        ):
+            del pending[1]
 
     def error(self) -> None:
         """ErrorResponse: the rest of the Query, or of the batch, does not run."""

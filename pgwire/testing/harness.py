@@ -15,9 +15,10 @@ machine. Everything is deterministic and in memory::
                         pw.CommandComplete(tag="SELECT 0"),
                         pw.ReadyForQuery(status=pw.TransactionStatus.IDLE))
 
-`MiddlewareMachine` and `check_middleware` (property-based, stateful testing
-of a middleware with hypothesis) live in `pgwire.testing.stateful`; they can
-also be imported from here, and only then is hypothesis imported.
+`MiddlewareMachine`, `InterleavingMachine` and `check_middleware`
+(property-based, stateful testing of a middleware and of the session with
+hypothesis) live in `pgwire.testing.stateful`; they can also be imported from
+here, and only then is hypothesis imported.
 
 The harness covers one session whose proxy opens one server connection per
 client (no pool). Timers never fire on their own: call
@@ -62,12 +63,13 @@ from ..proxy import (
 )
 
 if TYPE_CHECKING:
-    from .stateful import MiddlewareMachine, check_middleware
+    from .stateful import InterleavingMachine, MiddlewareMachine, check_middleware
 
 __all__ = [
     "DEFAULT_SERVER_KEY",
     "DEFAULT_UPSTREAM",
     "HarnessError",
+    "InterleavingMachine",
     "MiddlewareMachine",
     "SessionHarness",
     "check_middleware",
@@ -311,7 +313,7 @@ class SessionHarness:
 
 def __getattr__(name: str) -> Any:
     # MiddlewareMachine needs hypothesis at class creation: import it only on demand.
-    if name in ("MiddlewareMachine", "check_middleware"):
+    if name in ("InterleavingMachine", "MiddlewareMachine", "check_middleware"):
         from . import stateful  # noqa: PLC0415 - hypothesis only when asked for
 
         return getattr(stateful, name)
