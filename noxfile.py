@@ -32,14 +32,14 @@ def faults(session: nox.Session) -> None:
 def soak(session: nox.Session) -> None:
     """The long load runs: 10-minute soak, idle plus busy, connection storm (``soak``)."""
     session.install("-e", ".[dev]")
-    session.run("pytest", "-m", "soak", "-n", "0", *session.posargs)
+    session.run("pytest", "-m", "soak", "-n", "0", "-s", *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """Check the code with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "pgwire", "tests")
+    session.run("ruff", "check", "pgwire", "tests", "reliability", "fuzz")
 
 
 @nox.session
