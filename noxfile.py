@@ -36,6 +36,17 @@ def soak(session: nox.Session) -> None:
 
 
 @nox.session
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing (atheris) of every harness for a bounded number of inputs.
+
+    ``nox -s fuzz -- --runs 100000`` or ``nox -s fuzz -- --seconds 600 session``; see
+    fuzz/README.md. The pool harness borrows the pool tests' rig, hence the dev extra.
+    """
+    session.install("-e", ".[dev,fuzz]")
+    session.run("python", "-m", "fuzz.run", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """Check the code with ruff."""
     session.install("ruff")
