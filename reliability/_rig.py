@@ -35,7 +35,11 @@ if str(ROOT / "benchmarks") not in sys.path:
 
 import bench_proxy  # noqa: E402 - found through the path set just above
 
-from pgwire.testing.cluster import PostgresCluster  # noqa: E402
+from pgwire.testing.cluster import (  # noqa: E402
+    ClusterUnavailable,
+    PostgresCluster,
+    find_postgres_bindir,
+)
 
 LOOPBACK: Final = bench_proxy.LOOPBACK
 DATABASE: Final = bench_proxy.DATABASE
@@ -56,6 +60,23 @@ def fail(message: str) -> NoReturn:
     """Stop the script: it could not run (as opposed to a criterion that failed)."""
     print(message, file=sys.stderr)
     raise SystemExit(1)
+
+
+def postgres_bindir() -> Path:
+    """PostgreSQL's server binaries, or stop the script saying how to install them."""
+    try:
+        return find_postgres_bindir()
+    except ClusterUnavailable as exc:
+        fail(str(exc))
+
+
+def pgbench_in(bindir: Path) -> str:
+    """pgbench from ``bindir`` or PATH, or stop the script saying how to install it."""
+    pgbench = bench_proxy.find_pgbench(bindir)
+    if pgbench is None:
+        fail(f"pgbench is neither in {bindir} nor on PATH: install the PostgreSQL client "
+             "programs (apt-get install postgresql-client)")
+    return pgbench
 
 
 def exit_on_sigterm() -> None:

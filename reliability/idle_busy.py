@@ -63,7 +63,7 @@ import bench_proxy
 from _rig import Criteria, Reading, progress
 
 import pgwire as pw
-from pgwire.testing.cluster import ClusterUnavailable, PostgresCluster, find_postgres_bindir
+from pgwire.testing.cluster import PostgresCluster
 
 #: The busy clients' workload: select-only, simple protocol.
 OPTIONS: Final = ("-S", "-M", "simple")
@@ -146,14 +146,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _rig.exit_on_sigterm()
-    try:
-        bindir = find_postgres_bindir()
-    except ClusterUnavailable as exc:
-        _rig.fail(str(exc))
-    pgbench = bench_proxy.find_pgbench(bindir)
-    if pgbench is None:
-        _rig.fail(f"pgbench is neither in {bindir} nor on PATH: install the PostgreSQL client "
-                  "programs (apt-get install postgresql-client)")
+    bindir = _rig.postgres_bindir()
+    pgbench = _rig.pgbench_in(bindir)
     sessions = args.idle + args.clients
     # Ours: one socket per idle session; the proxy's (inherited): two per session.
     _rig.raise_file_limit(2 * sessions + 512)

@@ -63,7 +63,7 @@ import _rig
 import bench_proxy  # on the path once _rig is imported
 from _rig import Criteria, Reading, progress
 
-from pgwire.testing.cluster import ClusterUnavailable, PostgresCluster, find_postgres_bindir
+from pgwire.testing.cluster import PostgresCluster
 
 #: The phases, in turn: a label, pgbench's options, and whether pgbench must
 #: run one thread. The two-script phases must: pgbench adds up its per-script
@@ -176,14 +176,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _rig.exit_on_sigterm()
-    try:
-        bindir = find_postgres_bindir()
-    except ClusterUnavailable as exc:
-        _rig.fail(str(exc))
-    pgbench = bench_proxy.find_pgbench(bindir)
-    if pgbench is None:
-        _rig.fail(f"pgbench is neither in {bindir} nor on PATH: install the PostgreSQL client "
-                  "programs (apt-get install postgresql-client)")
+    bindir = _rig.postgres_bindir()
+    pgbench = _rig.pgbench_in(bindir)
     # Whole cycles of the four phases, at least as long as asked.
     count = math.ceil(args.minutes * 60 / args.phase_seconds / len(PHASES)) * len(PHASES)
     criteria = Criteria()

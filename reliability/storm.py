@@ -75,7 +75,7 @@ from _rig import Criteria, Reading, progress
 
 import pgwire as pw
 from pgwire.client import ClientConnection
-from pgwire.testing.cluster import ClusterUnavailable, PostgresCluster, find_postgres_bindir
+from pgwire.testing.cluster import PostgresCluster
 from pgwire.testing.pki import CertificateAuthority
 
 #: Seconds any one socket operation of a storm client may take.
@@ -307,10 +307,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _rig.exit_on_sigterm()
-    try:
-        bindir = find_postgres_bindir()
-    except ClusterUnavailable as exc:
-        _rig.fail(str(exc))
+    bindir = _rig.postgres_bindir()
     _rig.raise_file_limit(4 * args.batch + 256)
     criteria = Criteria()
     with contextlib.ExitStack() as stack:

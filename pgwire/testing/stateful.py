@@ -75,7 +75,6 @@ from ..protocol import (
     Close,
     CloseComplete,
     CommandComplete,
-    ConnectionClosed,
     CopyData,
     CopyDone,
     CopyFail,
@@ -828,22 +827,27 @@ class MiddlewareMachine(RuleBasedStateMachine):
 
     def _pump(self) -> None:
         """Run jobs, then deliver: the server reads what came, the client too."""
-        harness = self.harness
-        self._check(harness.run_jobs, "a job's report")
+        self._check(self.harness.run_jobs, "a job's report")
+        self._pump_server()
+        self._pump_client()
+
+    def _pump_server(self) -> None:
+        """The server reads what the proxy sent it."""
         try:
-            received = harness.server_events()
+            received = self.harness.server_events()
         except ProtocolError as exc:
             raise MiddlewareCheckFailed(
                 f"the server's Backend refused what the proxy sent upstream: "
                 f"{exc.sqlstate} {exc.message}") from exc
         for message in received:
-            if isinstance(message, ConnectionClosed):
-                continue
-            assert isinstance(message, Message)
-            self.server_received.append(message)
-            self._server.receive(message)
+            if isinstance(message, Message):  # not the ConnectionClosed of a close
+                self.server_received.append(message)
+                self._server.receive(message)
+
+    def _pump_client(self) -> None:
+        """The client reads what the proxy sent it."""
         try:
-            events = harness.client_events()
+            events = self.harness.client_events()
         except ProtocolError as exc:
             raise MiddlewareCheckFailed(
                 f"the client's Frontend refused what the proxy sent it: "
@@ -1062,27 +1066,11 @@ class InterleavingMachine(MiddlewareMachine):
     def _pump(self) -> None:
         """As `MiddlewareMachine._pump`, but a server that left reads nothing
         more, and a client that left reads nothing more."""
-        harness = self.harness
-        self._check(harness.run_jobs, "a job's report")
+        self._check(self.harness.run_jobs, "a job's report")
         if self.server_active:
-            try:
-                received = harness.server_events()
-            except ProtocolError as exc:
-                raise MiddlewareCheckFailed(
-                    f"the server's Backend refused what the proxy sent upstream: "
-                    f"{exc.sqlstate} {exc.message}") from exc
-            for message in received:
-                if isinstance(message, Message):
-                    self.server_received.append(message)
-                    self._server.receive(message)
+            self._pump_server()
         if self.client_active:
-            try:
-                events = harness.client_events()
-            except ProtocolError as exc:
-                raise MiddlewareCheckFailed(
-                    f"the client's Frontend refused what the proxy sent it: "
-                    f"{exc.sqlstate} {exc.message}") from exc
-            self._take_client(events)
+            self._pump_client()
 
     # -- delivering -----------------------------------------------------------------------
 
