@@ -33,7 +33,7 @@ from json.encoder import encode_basestring_ascii
 from operator import attrgetter, itemgetter
 from typing import Any, Final
 
-from ._records import AuditRecord, Fact, format_time
+from ._records import AuditRecord, DisconnectRecord, Fact, format_time
 
 __all__ = [
     "GENESIS",
@@ -189,7 +189,8 @@ _LAYOUTS: dict[type[AuditRecord], _Layout] = {}
 #: A session's fixed fields (a fact's Who), encoded: most of a line, the same
 #: in every record of the session, whose facts share one Who tuple. Keyed by
 #: identity (equal tuples may spell differently: 1 and True), and holding the
-#: tuple so its id is not reused while the entry lives.
+#: tuple so its id is not reused while the entry lives. An entry goes with its
+#: session's DisconnectRecord; the cap bounds sessions that end without one.
 _WHO_ENCODED: dict[int, tuple[Any, tuple[str, ...]]] = {}
 _WHO_ENCODED_MAX: Final = 4096
 
@@ -227,6 +228,9 @@ def seal_records(records: Sequence[AuditRecord | Fact], seq: int, prev: str,
             cls, nanoseconds, who, effective_role, application_name, own = record
             layout = layouts.get(cls) or _layout(cls)
             w = _encoded_who(who)
+            if cls is DisconnectRecord:
+                # The session's last record: its encoding is not needed again.
+                _WHO_ENCODED.pop(id(who), None)
             # fact_values(record), encoded: the who part comes encoded already.
             encoded = (encode_basestring_ascii(format_time(nanoseconds)),
                        w[0], w[1], w[2], w[3], w[4],
