@@ -113,7 +113,7 @@ class TLSSession:
     """
 
     __slots__ = ("_incoming", "_object", "_outgoing", "_require_alpn", "_server_certificate",
-                 "_server_side", "handshake_complete")
+                 "_server_side", "handshake_complete", "peer_closed")
 
     def __init__(
         self,
@@ -135,6 +135,8 @@ class TLSSession:
         self._require_alpn = require_alpn
         #: True once the handshake finished.
         self.handshake_complete = False
+        #: The peer sent close_notify: its side of the stream has ended, as at EOF.
+        self.peer_closed = False
 
     def receive_encrypted(self, data: bytes) -> None:
         """Bytes read from the network; ``b""`` means the peer closed."""
@@ -171,20 +173,28 @@ class TLSSession:
 
     def read(self) -> bytes:
         """Plaintext received so far (``b""`` if none); raises TLSError on
-        corrupt records. A clean close_notify reads as ``b""`` too."""
+        corrupt records. A clean close_notify reads as ``b""`` too, and sets
+        :attr:`peer_closed`: treat it as the end of the stream (PostgreSQL
+        does), even while the TCP connection stays open."""
         chunks = []
         while True:
             try:
                 chunk = self._object.read(65536)
             except ssl.SSLWantReadError:
                 break
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                # close_notify, or the peer closed the TCP stream without one. The
-                # protocol's own framing still detects a stream cut mid-message.
+            except ssl.SSLZeroReturnError:
+                self.peer_closed = True  # close_notify: nothing more will come
+                break
+            except ssl.SSLEOFError:
+                # The peer closed the TCP stream without close_notify. The protocol's
+                # own framing still detects a stream cut mid-message.
                 break
             except ssl.SSLError as exc:
                 raise TLSError(f"TLS error: {exc}", exc.reason) from None
             if not chunk:
+                # CPython reads a received close_notify as b"" (it raises
+                # SSLZeroReturnError only for a shutdown it did not expect).
+                self.peer_closed = True
                 break
             chunks.append(chunk)
         return b"".join(chunks)
@@ -232,10 +242,11 @@ class SecureChannel:
     ``next_event()``, since ``receive_data()`` must not lose it.
     """
 
-    __slots__ = ("_connection", "_outgoing", "error", "tls")
+    __slots__ = ("_connection", "_ended", "_outgoing", "error", "tls")
 
     def __init__(self, connection: Frontend | Backend) -> None:
         self._connection = connection
+        self._ended = False
         self._outgoing: list[bytes] = []
         #: The TLS session, once started.
         self.tls: TLSSession | None = None
@@ -262,14 +273,23 @@ class SecureChannel:
                 self.error = exc
                 return
             if not data:
-                self._connection.receive_data(b"")
+                self._end_of_stream()
 
     def pump(self) -> None:
-        """Hand decrypted bytes to the connection."""
-        assert self.tls is not None
-        plaintext = self.tls.read()
+        """Hand decrypted bytes to the connection, and the end of the stream
+        once the peer's close_notify has come."""
+        tls = self.tls
+        assert tls is not None
+        plaintext = tls.read()
         if plaintext:
             self._connection.receive_data(plaintext)
+        if tls.peer_closed:
+            self._end_of_stream()
+
+    def _end_of_stream(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._connection.receive_data(b"")
 
     def write(self, data: bytes) -> None:
         """Queue bytes from the connection, encrypted if TLS has started."""

@@ -963,7 +963,8 @@ class Session:
         except ProtocolError as exc:
             self._client_broke(exc)
             return
-        if not data and not self.is_closed:
+        if (not data or (tls is not None and tls.peer_closed)) and not self.is_closed:
+            # The client closed (TCP, or TLS close_notify with TCP still open).
             if self._pool is not None and self.upstream is None:
                 if self._held is None:
                     self._close("client terminated the session")
@@ -1000,7 +1001,7 @@ class Session:
                 self._relay_server_bytes(plaintext)
         elif data:
             self._relay_server_bytes(data)
-        if not data and not self.is_closed:
+        if (not data or (tls is not None and tls.peer_closed)) and not self.is_closed:
             self._upstream_failed = True  # a pooled connection it closed is not reused
             relay = self._relay
             assert relay is not None
