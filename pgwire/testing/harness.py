@@ -219,14 +219,22 @@ class SessionHarness:
         return self.feed(self.session.start())
 
     def client_sends(self, *messages: Message) -> list[Action]:
-        """The client's Frontend sends ``messages``; the session gets the bytes."""
+        """The client's Frontend sends ``messages``; the session gets the bytes.
+
+        With no messages nothing happens: the end of the client's stream is
+        ``feed(session.client_data(b""))``, never an empty send.
+        """
         data = b"".join(self.client.send(message) for message in messages)
-        return self.feed(self.session.client_data(data))
+        return self.feed(self.session.client_data(data)) if data else []
 
     def server_sends(self, *messages: Message) -> list[Action]:
-        """The server's Backend sends ``messages``; the session gets the bytes."""
+        """The server's Backend sends ``messages``; the session gets the bytes.
+
+        With no messages nothing happens (a server with nothing to say sends
+        nothing); the end of its stream is ``feed(session.upstream_data(b""))``.
+        """
         data = b"".join(self.server.send(message) for message in messages)
-        return self.feed(self.session.upstream_data(data))
+        return self.feed(self.session.upstream_data(data)) if data else []
 
     def client_events(self) -> list[object]:
         """What the client received since last asked (see `drain`)."""
