@@ -146,7 +146,8 @@ class PooledServer:
     """One server connection of the pool."""
 
     __slots__ = ("baseline", "checked", "conn", "created", "dirty", "for_session", "id",
-                 "idle_since", "key", "last_session", "prepared", "session", "state", "task")
+                 "idle_since", "key", "last_session", "prepared", "session", "state",
+                 "task", "task_since")
 
     def __init__(self, link: int, key: PoolKey, conn: ClientConnection, now: float) -> None:
         self.id = link
@@ -167,6 +168,8 @@ class PooledServer:
         #: Names of the pool's own prepared statements on this connection.
         self.prepared: set[str] = set()
         self.task: _Task | None = None
+        #: When the pool sent its current task's queries (CHECKING only).
+        self.task_since = now
         #: The session whose checkout opened this connection (to tell a failed login).
         self.for_session: Session | None = None
 
@@ -507,6 +510,7 @@ class Pool:
              then: Callable[[bool], None]) -> None:
         server.state = ServerState.CHECKING
         server.task = _Task(queries, expect, then)
+        server.task_since = self._clock()
         try:
             for sql in queries:
                 server.conn.send(Query(query=sql))
@@ -721,10 +725,40 @@ class Pool:
             self._timer_armed = True
             self._emit(StartTimer(MAINTENANCE_TIMER, self.config.maintenance_interval))
 
+    def _give_up_stuck(self, pool: _KeyPool, now: float) -> None:
+        """Close connections whose server stopped answering the pool itself.
+
+        A login gets ``login_timeout`` from the moment the connection was
+        opened, as a client's login does (its connect is also bounded by
+        ``connect_timeout``);
+        the pool's own round trip (reset, verification, baseline query) gets
+        ``upstream_read_timeout``, or ``connect_timeout`` when that is off.
+        Without this a black-holed server connection would stay "connecting"
+        or "checking" for good, and with ``max_size`` reached the key would
+        serve nobody again (clients would get 53300 until a restart).
+        """
+        limits = self._proxy.config
+        login_limit = limits.login_timeout
+        check_limit = limits.upstream_read_timeout or limits.connect_timeout
+        for server in list(pool.servers):
+            state = server.state
+            if state in (ServerState.CONNECTING, ServerState.LOGIN):
+                if now - server.created > login_limit:
+                    self._login_failed(server, "08006", f"the server connection did not "
+                                       f"finish its login within {login_limit:g} s")
+            elif state == ServerState.CHECKING and now - server.task_since > check_limit:
+                if server.baseline is None:  # the baseline query right after login
+                    self._login_failed(server, "08006", f"the server did not answer the "
+                                       f"pool's baseline query within {check_limit:g} s")
+                else:
+                    self._broken(server, f"the server did not answer the pool's check "
+                                 f"within {check_limit:g} s")
+
     def _maintain(self) -> None:
         now = self._clock()
         config = self.config
         for pool in list(self._keys.values()):
+            self._give_up_stuck(pool, now)
             keep = config.min_idle
             for server in list(pool.idle):
                 idle_for = now - server.idle_since

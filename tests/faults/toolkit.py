@@ -647,3 +647,28 @@ class FullBacklog:
         for filler in self.fillers:
             filler.close()
         self.listener.close()
+
+
+# -- the pool -----------------------------------------------------------------------------
+
+
+def pool_metric(proxy: ProxyProcess, name: str) -> int:
+    """``pgwire_pool_<name>`` summed over every pool key (and state): a gauge
+    (``servers``, ``clients``) or a counter (``servers_closed_total`` ...)."""
+    text = proxy.metrics()
+    assert re.search(rf"^# TYPE pgwire_pool_{name} ", text, re.M), f"no metric pool_{name}"
+    found = re.findall(rf"^pgwire_pool_{name}\{{[^}}]*\}} (\d+(?:\.\d+)?)$", text, re.M)
+    return int(sum(float(value) for value in found))
+
+
+def upstream_sockets(proxy: ProxyProcess, port: int) -> list[str]:
+    """The proxy's TCP sockets to the server's ``port``, with their states."""
+    return [fd for fd in proxy.fd_targets() if f"->127.0.0.1:{port} " in fd]
+
+
+def backend_pids(cluster: PostgresCluster, application_name: str) -> list[int]:
+    """The server processes of the client sessions with that application_name."""
+    with direct(cluster) as conn:
+        rows = conn.execute("select pid from pg_stat_activity where application_name = %s"
+                            " order by pid", [application_name]).fetchall()
+    return [int(row[0]) for row in rows]
