@@ -17,6 +17,7 @@ import pytest
 from pgwire.testing.cluster import PostgresCluster
 from pgwire.testing.proxy import ADAPTERS
 
+from .pool_rig import MODES, TABLE, start_pool_proxy
 from .toolkit import ProxyProcess, Quiet, ensure_running
 
 
@@ -55,3 +56,29 @@ def proxy(adapter: str, cluster: PostgresCluster, tmp_path: Path) -> Iterator[Pr
 def baseline(proxy: ProxyProcess, cluster: PostgresCluster) -> Quiet:
     """The proxy's idle fd and thread counts after one ordinary session."""
     return proxy.warm_up(cluster)
+
+
+# -- the pool's fault files (pool_rig.py) -------------------------------------------------
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """The pool mode, both in turn."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def pooled(adapter: str, cluster: PostgresCluster, tmp_path: Path,
+           mode: str) -> Iterator[ProxyProcess]:
+    """A pooling proxy (``mode``, one connection per key) in front of the file's cluster."""
+    with start_pool_proxy(adapter, cluster, tmp_path, mode) as running:
+        yield running
+
+
+@pytest.fixture
+def table(cluster: PostgresCluster) -> str:
+    """A one-row table for the lock and rollback checks."""
+    cluster.sql(f"drop table if exists {TABLE}; create table {TABLE} (n int);"
+                f"insert into {TABLE} values (1)")
+    return TABLE

@@ -19,11 +19,8 @@ pool reports (``pgwire_pool_servers``), each ESTABLISHED: a dead connection
 the pool kept would show as CLOSE_WAIT. Then it must stop with 0 on SIGTERM
 and its audit file verify.
 """
-
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,154 +28,32 @@ import pytest
 import pgwire as pw
 from pgwire.testing.cluster import PostgresCluster
 
+from .pool_rig import (
+    APP,
+    assert_pool_back_to,
+    end_backend,
+    finish,
+    idle_pooled_backend,
+    pool_baseline,
+    start_pool_proxy,
+    works,
+)
 from .toolkit import (
     Client,
-    Forwarder,
-    FullBacklog,
     ProxyProcess,
-    Quiet,
-    abort,
     backend_pids,
-    check_audit,
     direct,
     errors_of,
     kill_backend,
     pool_metric,
     start_cluster,
     stop_cluster,
-    upstream_sockets,
     wait_until,
 )
 
 pytestmark = pytest.mark.fault
 
-MODES = ("session", "transaction")
-TABLE = "pool_fault_items"
-APP = "pool-fault"
 
-
-def pool_toml(cluster: PostgresCluster, mode: str, **pool: object) -> str:
-    settings = {"mode": f'"{mode}"', "max_size": 1, "checkout_timeout": 10, **pool}
-    text = "[limits]\nshutdown_timeout = 2\nconnect_timeout = 3\n"
-    text += '[auth]\nmode = "proxy"\nmethod = "scram-sha-256"\n[auth.users]\n'
-    text += f'{cluster.superuser} = "{cluster.superuser_password}"\n[pool]\n'
-    text += "".join(f"{key} = {value}\n" for key, value in settings.items())
-    return text
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-def start_pool_proxy(adapter: str, cluster: PostgresCluster, directory: Path, mode: str,
-                     **pool: object) -> ProxyProcess:
-    return ProxyProcess(adapter, (cluster.host, cluster.port), directory,
-                        toml=pool_toml(cluster, mode, **pool))
-
-
-@pytest.fixture
-def pooled(adapter: str, cluster: PostgresCluster, tmp_path: Path,
-           mode: str) -> Iterator[ProxyProcess]:
-    """A pooling proxy (``mode``, one connection per key) in front of the file's cluster."""
-    with start_pool_proxy(adapter, cluster, tmp_path, mode) as running:
-        yield running
-
-
-@pytest.fixture
-def table(cluster: PostgresCluster) -> str:
-    cluster.sql(f"drop table if exists {TABLE}; create table {TABLE} (n int);"
-                f"insert into {TABLE} values (1)")
-    return TABLE
-
-
-def pool_baseline(proxy: ProxyProcess, cluster: PostgresCluster) -> Quiet:
-    """The idle counts after one ordinary session (whose server connection the
-    pool keeps: it is counted apart, see `assert_pool_back_to`)."""
-    return proxy.warm_up(cluster)
-
-
-def _not_server(fds: list[str], port: int) -> list[str]:
-    return [fd for fd in fds if f"->127.0.0.1:{port} " not in fd]
-
-
-def assert_pool_back_to(proxy: ProxyProcess, baseline: Quiet, cluster: PostgresCluster,
-                        port: int | None = None) -> None:
-    """No session left, no more threads nor other fds than ``baseline``, and the
-    server sockets (to ``port``, the cluster's by default) are the pool's live
-    connections, no more."""
-    port = cluster.port if port is None else port
-    others = len(_not_server(baseline.fds, port))
-
-    def settled() -> bool:
-        fds = proxy.fd_targets()
-        servers = upstream_sockets(proxy, port)
-        return (proxy.sessions() == 0 and proxy.threads() <= baseline.threads
-                and len(_not_server(fds, port)) <= others
-                and len(servers) == pool_metric(proxy, "servers")
-                and all(s.endswith(" ESTABLISHED") for s in servers))
-
-    try:
-        wait_until(settled, "the proxy to be back to its baseline")
-    except pytest.fail.Exception:
-        pytest.fail(f"not back to baseline: sessions {proxy.sessions()}, threads "
-                    f"{proxy.threads()} (baseline {baseline.threads}), fds "
-                    f"{proxy.fd_targets()} (baseline {baseline.fds}), pool servers "
-                    f"{pool_metric(proxy, 'servers')}\n{proxy.stderr()[-3000:]}")
-
-
-def finish(proxy: ProxyProcess) -> None:
-    assert proxy.stop() == 0, proxy.stderr()
-    check_audit(proxy.audit_records())
-
-
-def works(proxy: ProxyProcess, cluster: PostgresCluster, application_name: str = APP) -> int:
-    """A new client logs in, finds no transaction open, runs a query; its backend pid."""
-    with Client(proxy.address, cluster, application_name) as client:
-        events = client.login()
-        assert events[-1] == pw.ReadyForQuery(status=pw.TransactionStatus.IDLE), events
-        pid = int(client.scalar("select pg_backend_pid()"))
-        client.send(pw.Terminate())
-        assert client.rest_of_stream() == [pw.ConnectionClosed()]
-    return pid
-
-
-def login_and_query(client: Client, sql: str) -> list[pw.FrontendEvent]:
-    """Log in and, if that worked, run ``sql``: the events up to the query's
-    ReadyForQuery, or up to the end of the stream when an error ends it first."""
-    client.begin_login()
-    events = client.events_until(
-        lambda e: isinstance(e, (pw.ErrorResponse, pw.ReadyForQuery)))
-    if isinstance(events[-1], pw.ReadyForQuery):
-        client.send(pw.Query(query=sql))
-        events += client.events_until(lambda e: isinstance(e, pw.ReadyForQuery))
-    return events
-
-
-def idle_pooled_backend(proxy: ProxyProcess, cluster: PostgresCluster) -> int:
-    """Use the pool once and leave: the backend pid of the connection it keeps."""
-    pid = works(proxy, cluster)
-    wait_until(lambda: backend_pids(cluster, APP) == [pid]
-               and pool_metric(proxy, "servers") >= 1, "the connection to be back in the pool")
-    return pid
-
-
-# -- an idle pooled connection's backend dies ---------------------------------------------
-
-
-def end_backend(cluster: PostgresCluster, pid: int, how: str) -> None:
-    """``sigkill`` the backend (the server then resets every session and
-    recovers) or ``terminate`` it (``pg_terminate_backend``: FATAL 57P01 on
-    that connection alone)."""
-    if how == "sigkill":
-        kill_backend(cluster, pid)
-        return
-    with direct(cluster) as conn:
-        conn.execute("select pg_terminate_backend(%s, 10000)", [pid])
-
-
-#: How the idle connection's backend ends, with the pool's health_check_after.
 ENDINGS = [("sigkill", 30), ("terminate", 0.01)]
 
 
@@ -284,124 +159,3 @@ def test_server_restart_drops_idle_pooled_connections(pooled: ProxyProcess,
 
 
 # -- the server is down at checkout ------------------------------------------------------
-
-
-def test_checkout_while_the_server_is_down(pooled: ProxyProcess, cluster: PostgresCluster,
-                                           mode: str) -> None:
-    baseline = pool_baseline(pooled, cluster)
-    idle_pooled_backend(pooled, cluster)
-    stop_cluster(cluster)
-    failures = []
-    for _ in range(2):  # the pool's dead connection, then a connect that is refused
-        with Client(pooled.address, cluster, APP) as client:
-            events = login_and_query(client, "select 1")
-            events += client.rest_of_stream()
-            failures.append(events)
-            assert client.closed, events
-    for events in failures:
-        assert [(e.severity, e.sqlstate) for e in errors_of(events)] == [("FATAL", "08006")], \
-            (mode, failures)
-    start_cluster(cluster)
-    works(pooled, cluster)
-    assert_pool_back_to(pooled, baseline, cluster)
-    finish(pooled)
-
-
-def test_checkout_while_the_server_does_not_answer(adapter: str, cluster: PostgresCluster,
-                                                   tmp_path: Path) -> None:
-    """The server's address takes no connection (its accept queue is full):
-    the pool's connect gives up after ``connect_timeout`` (1 s) and the client
-    gets 08006 for it, not 53300 at the end of its ``checkout_timeout`` (10 s)."""
-    toml = pool_toml(cluster, "transaction").replace("connect_timeout = 3", "connect_timeout = 1")
-    with FullBacklog() as silent, ProxyProcess(adapter, silent.address, tmp_path, audit=False,
-                                               toml=toml) as proxy:
-        baseline = proxy.quiet()
-        with Client(proxy.address, cluster, APP) as client:
-            events = login_and_query(client, "select 1")
-            events += client.rest_of_stream()
-        assert [(e.severity, e.sqlstate) for e in errors_of(events)] == [("FATAL", "08006")], \
-            events
-        assert pool_metric(proxy, "checkout_timeouts_total") == 0
-        assert_pool_back_to(proxy, baseline, cluster, silent.address[1])
-
-
-# -- the client vanishes mid-transaction ----------------------------------------------------
-
-
-def test_client_vanishes_mid_transaction(pooled: ProxyProcess, cluster: PostgresCluster,
-                                         table: str) -> None:
-    """A client resets its connection (RST) inside a transaction holding a row
-    lock. With a pool of one, the next client of the key gets that server
-    connection rolled back (or a new one): transaction status I at login, the
-    row unlocked and unchanged."""
-    baseline = pool_baseline(pooled, cluster)
-    with Client(pooled.address, cluster, APP) as client:
-        client.login()
-        client.query("begin")
-        client.query(f"update {table} set n = n + 1")
-        wait_until(lambda: len(backend_pids(cluster, APP)) == 1, "the transaction upstream")
-        abort(client.sock)
-    with Client(pooled.address, cluster, APP) as after:
-        events = after.login()
-        assert events[-1] == pw.ReadyForQuery(status=pw.TransactionStatus.IDLE), events
-        # The old row lock is gone: the update does not wait (lock_timeout
-        # would fail it with 55P03), and the old update never committed.
-        after.query("begin")
-        after.query("set local lock_timeout = '5s'")
-        events = after.query(f"update {table} set n = n + 10 returning n")
-        assert not errors_of(events), events
-        assert [r.values for r in events if isinstance(r, pw.DataRow)] == [(b"11",)], events
-        assert after.query("rollback")[-1] == pw.ReadyForQuery(
-            status=pw.TransactionStatus.IDLE)
-        after.send(pw.Terminate())
-        after.rest_of_stream()
-    assert_pool_back_to(pooled, baseline, cluster)
-    finish(pooled)
-
-
-# -- the network to the server black-holes under a pooled connection --------------------
-
-
-@pytest.mark.parametrize("stage", ["verification", "login"])
-def test_black_holed_pooled_connection_is_given_up(adapter: str, cluster: PostgresCluster,
-                                                   tmp_path: Path, stage: str) -> None:
-    """The link to the server swallows everything without closing, while the
-    pool verifies an idle connection before handing it out (``verification``)
-    or logs a new one in (``login``). The pool must give that connection up
-    rather than keep it in that state forever: once the network is back, the
-    next client of the key must work.
-
-    Every bound a fix could reuse is shorter than the first client's wait
-    (``checkout_timeout`` 3 s): ``upstream_read_timeout`` 1 s for the
-    verification's answer, ``connect_timeout`` 1 s and ``login_timeout`` 2 s
-    for the login."""
-    with Forwarder((cluster.host, cluster.port)) as forwarder:
-        toml = pool_toml(cluster, "transaction", health_check_after=0.01, checkout_timeout=3)
-        toml = toml.replace("connect_timeout = 3\n", "connect_timeout = 1\n"
-                            "upstream_read_timeout = 1\nlogin_timeout = 2\n")
-        with ProxyProcess(adapter, forwarder.address, tmp_path, toml=toml) as proxy:
-            baseline = pool_baseline(proxy, cluster)
-            if stage == "verification":
-                idle_pooled_backend(proxy, cluster)
-            forwarder.black_hole()
-            with Client(proxy.address, cluster, APP) as client:
-                events = login_and_query(client, "select 1")
-                events += client.rest_of_stream()
-            assert [(e.severity, e.sqlstate in {"08006", "53300"})
-                    for e in errors_of(events)] == [("FATAL", True)], events
-            forwarder.swallowing.clear()
-            with Client(proxy.address, cluster, APP) as client:
-                events = login_and_query(client, "select 'back'")
-                assert not errors_of(events), (
-                    events, f"servers {pool_metric(proxy, 'servers')}, checking "
-                    f"{_servers_in(proxy, 'checking')}, login/connecting "
-                    f"{_servers_in(proxy, 'connecting')}")
-                client.send(pw.Terminate())
-                client.rest_of_stream()
-            assert_pool_back_to(proxy, baseline, cluster, forwarder.address[1])
-            finish(proxy)
-
-
-def _servers_in(proxy: ProxyProcess, state: str) -> int:
-    return int(sum(float(v) for v in re.findall(
-        rf'^pgwire_pool_servers\{{[^}}]*state="{state}"\}} (\S+)$', proxy.metrics(), re.M)))

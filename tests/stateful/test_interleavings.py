@@ -128,5 +128,5 @@ def test_check_middleware_runs_the_interleaving_machine() -> None:
                          ids=["cut-through", "checked", "selective", "role-chain"])
 def test_interleavings_long_run(machine: type[InterleavingMachine]) -> None:
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=300, stateful_step_count=50, deadline=None,
+        max_examples=150, stateful_step_count=40, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
