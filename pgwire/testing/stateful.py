@@ -153,13 +153,6 @@ class MiddlewareCheckFailed(AssertionError):
     """A built-in invariant of `MiddlewareMachine` does not hold; the message says which."""
 
 
-def _ends_session(error: ErrorResponse) -> bool:
-    """FATAL or PANIC, by the localized severity or the untranslated one (as
-    PostgreSQL's own clients read it: a translated server says "ВАЖНО" in S
-    and "FATAL" in V)."""
-    return error.ends_session or error.severity in ("FATAL", "PANIC")
-
-
 def _first_word(sql: str) -> str:
     words = sql.strip().split(None, 1)
     return words[0].rstrip(";").upper() if words else ""
@@ -860,7 +853,7 @@ class MiddlewareMachine(RuleBasedStateMachine):
             self.client_received.append(event)
             current = requests[0] if requests else None
             if isinstance(event, ErrorResponse):
-                if _ends_session(event):
+                if event.ends_session:
                     if (event.code or "") not in self._allowed_fatal_now():
                         raise MiddlewareCheckFailed(
                             f"the session ended with {event.severity} {event.code}: "
@@ -894,7 +887,7 @@ class MiddlewareMachine(RuleBasedStateMachine):
             elif isinstance(event, CommandComplete | EmptyQueryResponse | PortalSuspended):
                 current.completions += 1
         if not self._logging_in and self.harness.session.is_closed and any(
-            isinstance(e, ErrorResponse) and _ends_session(e) for e in events
+            isinstance(e, ErrorResponse) and e.ends_session for e in events
         ):
             self._ended_by_fatal()
 
@@ -1144,10 +1137,10 @@ class InterleavingMachine(MiddlewareMachine):
                     raise MiddlewareCheckFailed(
                         f"the server ended with {self._server_fatal}, but the client's last "
                         f"error is {last}")
-            elif last is None or not _ends_session(last) or last.code != "08006":
+            elif last is None or not last.ends_session or last.code != "08006":
                 raise MiddlewareCheckFailed(f"the server hung up, but the client's last error "
                                             f"is {last}, not the proxy's FATAL 08006")
-        elif last is None or not _ends_session(last):
+        elif last is None or not last.ends_session:
             raise MiddlewareCheckFailed(f"the session ended with neither peer leaving, and "
                                         f"without a FATAL error (the client's last error: "
                                         f"{last})")
@@ -1162,7 +1155,7 @@ class InterleavingMachine(MiddlewareMachine):
             return  # a client that left reads nothing more
         received = self._client_messages()
         if ended and received and isinstance(received[-1], ErrorResponse) and (
-            _ends_session(received[-1])
+            received[-1].ends_session
             and not (self._server_fatal_delivered and received[-1] == self._server_fatal)
         ):
             received = received[:-1]  # the proxy's own ending
@@ -1175,7 +1168,7 @@ class InterleavingMachine(MiddlewareMachine):
             return
         counted = Counter(m.type_code for m, hidden in self._delivered
                           if not hidden or m.type_code in self.session_wide
-                          or (isinstance(m, ErrorResponse) and _ends_session(m)))
+                          or (isinstance(m, ErrorResponse) and m.ends_session))
         got = Counter(m.type_code for m in received)
         for code in sorted(counted.keys() | got.keys()):
             if counted[code] != got[code]:
