@@ -498,7 +498,10 @@ class Session:
                 self._auth_link_data(data)
             elif link == CANCEL_LINK and not data and self.state is SessionState.CANCEL:
                 self._out.append(CloseUpstream(CANCEL_LINK))
-                self._close("cancel request forwarded")
+                route = self._cancel_route
+                assert route is not None
+                self._close("cancel request forwarded" if route.forwarded
+                            else "cancel request delivered")
             # Otherwise the cancel link never answers.
         except ProtocolError as exc:
             self._upstream_broke(exc)
@@ -515,13 +518,13 @@ class Session:
                 route = self._cancel_route
                 assert route is not None
                 self._out.append(SendToUpstream(route.request.encode(), CANCEL_LINK))
-                if not route.forwarded:
-                    self._out.append(CloseUpstream(CANCEL_LINK))
-                    self._close("cancel request delivered")
-                # Forwarded to a peer proxy: wait, as libpq does, until the peer
-                # closes, which it does once it has delivered the request. Our
-                # client waits on us the same way, so nobody leaves early and
-                # no adapter drops the delivery halfway.
+                # Wait, as libpq does, until the server (or the peer proxy) closes:
+                # it does so once it has acted on the request. Our client waits on
+                # us the same way, so it sends its next statement only after the
+                # cancel is done with. PostgreSQL signals the backend twice (the
+                # process, then its process group); closing early would let a
+                # late second signal cancel the client's next statement. Nobody
+                # leaves early either, so no adapter drops the delivery halfway.
             elif link == AUTH_LINK and self.auth_link is not None:
                 self.auth_link.start()
                 self._flush_link(self.auth_link, AUTH_LINK)
@@ -556,7 +559,10 @@ class Session:
         if name == UPSTREAM_READ_TIMER:
             self._read_timer_fired()
             return self._take()
-        if name == LOGIN_TIMER and self.state is not SessionState.READY:
+        if name == LOGIN_TIMER and self.state is SessionState.CANCEL:
+            self._close("cancel request sent, but the server did not close within "
+                        f"{self._proxy.config.login_timeout:g} s")
+        elif name == LOGIN_TIMER and self.state is not SessionState.READY:
             self._proxy.stats.login_timeouts += 1
             self._fatal("08006", "terminating connection: the login did not finish within "
                         f"{self._proxy.config.login_timeout:g} s")

@@ -1266,10 +1266,16 @@ class InterleavingMachine(MiddlewareMachine):
         sent = bytes(canceller.other_links.get(CANCEL_LINK, b""))
         server_key = CancelRequest(process_id=DEFAULT_SERVER_KEY[0],
                                    secret_key=DEFAULT_SERVER_KEY[1]).encode()
-        if sent != server_key or not canceller.session.is_closed:
+        if sent != server_key or canceller.session.is_closed:
             raise MiddlewareCheckFailed(f"the cancel link got {sent!r}, not the server's key "
-                                        f"{server_key!r} (cancel session closed: "
+                                        f"{server_key!r}, or the cancel session closed before "
+                                        f"the server did (closed: "
                                         f"{canceller.session.is_closed})")
+        self._check(lambda: canceller.feed(canceller.session.upstream_data(b"", CANCEL_LINK)),
+                    "the cancel session")
+        if not canceller.session.is_closed:
+            raise MiddlewareCheckFailed("the cancel session stayed open after the server "
+                                        "closed the cancel link")
         canceller.close()
         if self.server_active and self._server.owes:
             self._server.cancel_pending = True  # it cancels what runs, if anything does

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import struct
 import threading
@@ -315,6 +316,45 @@ def test_cancel_from_a_client_that_hangs_up_at_once(pg_cluster: PostgresCluster,
         assert key is not None
         with socket.create_connection(proxy.address, timeout=TIMEOUT) as canceller:
             canceller.sendall(pw.CancelRequest(process_id=key[0], secret_key=key[1]).encode())
+        events = client.events_until(lambda e: isinstance(e, pw.ReadyForQuery))
+        assert errors(events) == [("ERROR", "57014")]
+        wait_until(lambda: len(proxy.proxy) == 1, "the cancel's session to end")
+
+
+def test_a_cancel_is_closed_only_after_the_server_acted_on_it(
+        pg_cluster: PostgresCluster, adapter: AdapterName) -> None:
+    # PostgreSQL signals a cancelled backend twice (the process, then its process
+    # group) and closes the cancel connection after both. A client that waits for
+    # the close, as libpq does, may then send its next statement safely; closing
+    # it before the server is done would let the late signal cancel that one.
+    # The postmaster is paused, so the server sits on the request.
+    postmaster = int((pg_cluster.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+    with running_proxy(config_for(pg_cluster), adapter=adapter) as proxy, \
+            raw_client(proxy, pg_cluster) as client, \
+            psycopg.connect(**pg_cluster.connect_kwargs(sslmode="disable"),
+                            autocommit=True) as watcher:
+        client.login()
+        marker = f"cancel waits for the server {adapter}"
+        client.conn.send(pw.Query(query=f"select pg_sleep(30) /* {marker} */"))
+        client.flush()
+        wait_until(lambda: watcher.execute(
+            "select count(*) from pg_stat_activity where state = 'active' "
+            "and query like %s and pid <> pg_backend_pid()", [f"%{marker}%"]
+        ).fetchone() == (1,), "the query to run")
+        key = client.conn.frontend.backend_key
+        assert key is not None
+        with socket.create_connection(proxy.address, timeout=TIMEOUT) as canceller:
+            os.kill(postmaster, signal.SIGSTOP)
+            try:
+                canceller.sendall(pw.CancelRequest(process_id=key[0],
+                                                   secret_key=key[1]).encode())
+                canceller.settimeout(0.5)
+                with pytest.raises(TimeoutError):
+                    canceller.recv(1)  # still open: the server has not acted yet
+            finally:
+                os.kill(postmaster, signal.SIGCONT)
+            canceller.settimeout(TIMEOUT)
+            assert canceller.recv(1) == b""
         events = client.events_until(lambda e: isinstance(e, pw.ReadyForQuery))
         assert errors(events) == [("ERROR", "57014")]
         wait_until(lambda: len(proxy.proxy) == 1, "the cancel's session to end")

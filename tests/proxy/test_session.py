@@ -247,11 +247,17 @@ def test_a_cancel_request_with_the_right_key_reaches_the_server_with_its_key(
     actions = cancel(canceller, *wire.client.backend_key)
     assert actions == [OpenUpstream(CANCEL_LINK, UPSTREAM, 10.0)]
     actions = canceller.feed(canceller.session.upstream_connected(CANCEL_LINK))
-    assert isinstance(actions[0], SendToUpstream) and actions[0].link == CANCEL_LINK
-    assert CloseUpstream(CANCEL_LINK) in actions
-    assert isinstance(actions[-1], CloseClient)
+    assert [type(a) for a in actions] == [SendToUpstream] and actions[0].link == CANCEL_LINK
     sent = received_cancel(bytes(canceller.other_links[CANCEL_LINK]))
     assert (sent.process_id, sent.secret_key) == SERVER_KEY
+    # The client's connection stays open until the server closes its end, which
+    # PostgreSQL does once it has signalled the backend (both times: the process,
+    # then its group). A client that waits for our close, as libpq does, so never
+    # sends its next statement while a late signal could still cancel it.
+    assert canceller.feed(canceller.session.upstream_data(b"x", CANCEL_LINK)) == []
+    actions = canceller.feed(canceller.session.upstream_data(b"", CANCEL_LINK))
+    assert actions == [CloseUpstream(CANCEL_LINK), CancelTimer("login"),
+                       CloseClient("cancel request delivered")]
     # The client is told nothing (PostgreSQL tells it nothing either).
     assert not any(isinstance(a, SendToClient) for a in canceller.actions)
     assert wire.proxy.stats.cancel_requests == 1
@@ -320,6 +326,21 @@ def test_a_key_of_a_peer_instance_is_forwarded_untouched() -> None:
     canceller.feed(canceller.session.upstream_connected(CANCEL_LINK))
     sent = received_cancel(bytes(canceller.other_links[CANCEL_LINK]))
     assert (sent.process_id, sent.secret_key) == (process_id, secret)
+    actions = canceller.feed(canceller.session.upstream_data(b"", CANCEL_LINK))
+    assert actions == [CloseUpstream(CANCEL_LINK), CancelTimer("login"),
+                       CloseClient("cancel request forwarded")]
+
+
+def test_a_cancel_the_server_never_closes_ends_at_the_login_timeout() -> None:
+    wire = Wire().logged_in()
+    assert wire.client.backend_key is not None
+    canceller = Wire(proxy=wire.proxy)
+    cancel(canceller, *wire.client.backend_key)
+    canceller.feed(canceller.session.upstream_connected(CANCEL_LINK))
+    actions = canceller.feed(canceller.session.timer_fired("login"))
+    assert actions == [CancelTimer("login"), CloseClient(
+        "cancel request sent, but the server did not close within 60 s")]
+    assert canceller.session.is_closed and wire.proxy.stats.login_timeouts == 0
 
 
 def test_keys_carry_the_instance_id() -> None:
