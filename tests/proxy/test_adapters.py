@@ -296,29 +296,38 @@ def test_cancel_reaches_the_server(pg_cluster: PostgresCluster, adapter: Adapter
         assert proxy.proxy.stats.cancel_requests == 1
 
 
-def test_cancel_from_a_client_that_hangs_up_at_once(pg_cluster: PostgresCluster,
-                                                    adapter: AdapterName) -> None:
-    # The CancelRequest's connection closes right after the request (no wait for
-    # the proxy's close, unlike libpq): the cancel must still reach the server.
+@contextlib.contextmanager
+def cancellable_sleep(pg_cluster: PostgresCluster, adapter: AdapterName,
+                      marker: str) -> Iterator[tuple[RunningProxy, bytes]]:
+    """A proxy with one client running ``pg_sleep``: yields the proxy and the
+    CancelRequest for that client's key. After the block the sleep must have
+    ended in 57014 and the cancel's session be gone."""
     with running_proxy(config_for(pg_cluster), adapter=adapter) as proxy, \
             raw_client(proxy, pg_cluster) as client, \
             psycopg.connect(**pg_cluster.connect_kwargs(sslmode="disable"),
                             autocommit=True) as watcher:
         client.login()
-        marker = f"hang-up cancel {adapter}"
-        client.conn.send(pw.Query(query=f"select pg_sleep(30) /* {marker} */"))
+        client.conn.send(pw.Query(query=f"select pg_sleep(30) /* {marker} {adapter} */"))
         client.flush()
         wait_until(lambda: watcher.execute(
             "select count(*) from pg_stat_activity where state = 'active' "
-            "and query like %s and pid <> pg_backend_pid()", [f"%{marker}%"]
+            "and query like %s and pid <> pg_backend_pid()", [f"%{marker} {adapter}%"]
         ).fetchone() == (1,), "the query to run")
         key = client.conn.frontend.backend_key
         assert key is not None
-        with socket.create_connection(proxy.address, timeout=TIMEOUT) as canceller:
-            canceller.sendall(pw.CancelRequest(process_id=key[0], secret_key=key[1]).encode())
+        yield proxy, pw.CancelRequest(process_id=key[0], secret_key=key[1]).encode()
         events = client.events_until(lambda e: isinstance(e, pw.ReadyForQuery))
         assert errors(events) == [("ERROR", "57014")]
         wait_until(lambda: len(proxy.proxy) == 1, "the cancel's session to end")
+
+
+def test_cancel_from_a_client_that_hangs_up_at_once(pg_cluster: PostgresCluster,
+                                                    adapter: AdapterName) -> None:
+    # The CancelRequest's connection closes right after the request (no wait for
+    # the proxy's close, unlike libpq): the cancel must still reach the server.
+    with cancellable_sleep(pg_cluster, adapter, "hang-up cancel") as (proxy, request), \
+            socket.create_connection(proxy.address, timeout=TIMEOUT) as canceller:
+        canceller.sendall(request)
 
 
 def test_a_cancel_is_closed_only_after_the_server_acted_on_it(
@@ -329,35 +338,18 @@ def test_a_cancel_is_closed_only_after_the_server_acted_on_it(
     # it before the server is done would let the late signal cancel that one.
     # The postmaster is paused, so the server sits on the request.
     postmaster = int((pg_cluster.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
-    with running_proxy(config_for(pg_cluster), adapter=adapter) as proxy, \
-            raw_client(proxy, pg_cluster) as client, \
-            psycopg.connect(**pg_cluster.connect_kwargs(sslmode="disable"),
-                            autocommit=True) as watcher:
-        client.login()
-        marker = f"cancel waits for the server {adapter}"
-        client.conn.send(pw.Query(query=f"select pg_sleep(30) /* {marker} */"))
-        client.flush()
-        wait_until(lambda: watcher.execute(
-            "select count(*) from pg_stat_activity where state = 'active' "
-            "and query like %s and pid <> pg_backend_pid()", [f"%{marker}%"]
-        ).fetchone() == (1,), "the query to run")
-        key = client.conn.frontend.backend_key
-        assert key is not None
-        with socket.create_connection(proxy.address, timeout=TIMEOUT) as canceller:
-            os.kill(postmaster, signal.SIGSTOP)
-            try:
-                canceller.sendall(pw.CancelRequest(process_id=key[0],
-                                                   secret_key=key[1]).encode())
-                canceller.settimeout(0.5)
-                with pytest.raises(TimeoutError):
-                    canceller.recv(1)  # still open: the server has not acted yet
-            finally:
-                os.kill(postmaster, signal.SIGCONT)
-            canceller.settimeout(TIMEOUT)
-            assert canceller.recv(1) == b""
-        events = client.events_until(lambda e: isinstance(e, pw.ReadyForQuery))
-        assert errors(events) == [("ERROR", "57014")]
-        wait_until(lambda: len(proxy.proxy) == 1, "the cancel's session to end")
+    with cancellable_sleep(pg_cluster, adapter, "cancel waits") as (proxy, request), \
+            socket.create_connection(proxy.address, timeout=TIMEOUT) as canceller:
+        os.kill(postmaster, signal.SIGSTOP)
+        try:
+            canceller.sendall(request)
+            canceller.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                canceller.recv(1)  # still open: the server has not acted yet
+        finally:
+            os.kill(postmaster, signal.SIGCONT)
+        canceller.settimeout(TIMEOUT)
+        assert canceller.recv(1) == b""
 
 
 class _JobNotice(Middleware[None]):
