@@ -96,6 +96,15 @@ def raise_file_limit(needed: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
+def work_directory(stack: contextlib.ExitStack, keep: Path | None, prefix: str) -> Path:
+    """Where a run writes its config, logs and audit: ``keep`` (made if missing,
+    left behind), or a temporary directory ``stack`` removes."""
+    if keep is None:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    keep.mkdir(parents=True, exist_ok=True)
+    return keep
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = SETTLE_TIMEOUT,
               interval: float = 0.1) -> bool:
     """Poll ``predicate`` until it holds (True) or ``timeout`` seconds passed (False)."""

@@ -52,7 +52,6 @@ import math
 import platform
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -182,11 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     count = math.ceil(args.minutes * 60 / args.phase_seconds / len(PHASES)) * len(PHASES)
     criteria = Criteria()
     with contextlib.ExitStack() as stack:
-        directory = args.keep
-        if directory is None:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(
-                prefix="pgwire-soak-")))
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = _rig.work_directory(stack, args.keep, "pgwire-soak-")
         cluster = stack.enter_context(PostgresCluster(bindir=bindir, ssl=False,
                                                       auth="scram-sha-256"))
         bench = bench_proxy.Bench(program=pgbench, user=cluster.superuser,

@@ -61,7 +61,6 @@ import platform
 import socket
 import struct
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -311,11 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _rig.raise_file_limit(4 * args.batch + 256)
     criteria = Criteria()
     with contextlib.ExitStack() as stack:
-        directory = args.keep
-        if directory is None:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(
-                prefix="pgwire-storm-")))
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = _rig.work_directory(stack, args.keep, "pgwire-storm-")
         ca = CertificateAuthority.create(directory / "pki")
         cert, key = ca.issue_server_certificate()
         tls = f'\n[client_tls]\ncert = "{cert}"\nkey = "{key}"\n'
